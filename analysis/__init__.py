@@ -1,0 +1,1 @@
+"""Hydra jobs that consume artifacts: pipeline (the main job), and later match, steer, report."""

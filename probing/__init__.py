@@ -1,0 +1,35 @@
+"""liref's library: plain Python, importable in a notebook, no Hydra and no wandb here.
+
+Public entry points are re-exported lazily so that ``import probing`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "load_model": "probing.models",
+    "decoder_layers": "probing.models",
+    "extract_activations": "probing.activations",
+    "ActivationCache": "probing.activations",
+    "diff_in_means": "probing.directions",
+    "load_probe": "probing.probes",
+    "DiffMeanProbe": "probing.probes",
+    "LogisticProbe": "probing.probes",
+    "load_question_set": "probing.questions",
+    "Question": "probing.questions",
+    "load_sae": "probing.sae",
+    "seed_everything": "probing.seeding",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probing' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

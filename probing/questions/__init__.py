@@ -1,0 +1,85 @@
+"""Question sets: one record type, loaders for the paper's benchmarks and local files.
+
+``load_question_set(name, ...)`` dispatches to a loader by name; loaders are imported lazily.
+Every loader has the signature ``loader(path: str | None, split: str | None, **options)
+-> list[Question]``; sampling (``n``, ``seed``) is applied here, balanced per label.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from probing.errors import LirefError
+from probing.questions.record import LABEL_TO_INT, LABELS, Label, Question
+
+__all__ = [
+    "LABELS",
+    "LABEL_TO_INT",
+    "Label",
+    "Question",
+    "QUESTION_SETS",
+    "load_question_set",
+    "register_question_set",
+]
+
+#: name -> "module:function" of its loader (imported on first use).
+QUESTION_SETS: dict[str, str] = {
+    "mmlu_pro": "probing.questions.mmlu_pro:load_mmlu_pro",
+    "gsm8k": "probing.questions.gsm8k:load_gsm8k",
+    "mgsm": "probing.questions.mgsm:load_mgsm",
+    "popqa": "probing.questions.popqa:load_popqa",
+    "jsonl": "probing.questions.tabular:load_jsonl",
+    "csv": "probing.questions.tabular:load_csv",
+    "tsv": "probing.questions.tabular:load_tsv",
+    "organism": "probing.organism.questions:load_organism_questions",
+}
+
+_CUSTOM: dict[str, Callable[..., list[Question]]] = {}
+
+
+def register_question_set(name: str, loader: Callable[..., list[Question]]) -> None:
+    """Register a custom loader ``loader(path, split, **options) -> list[Question]``."""
+    _CUSTOM[name] = loader
+
+
+def _resolve(name: str) -> Callable[..., list[Question]]:
+    if name in _CUSTOM:
+        return _CUSTOM[name]
+    target = QUESTION_SETS.get(name)
+    if target is None:
+        allowed = sorted({*QUESTION_SETS, *_CUSTOM})
+        raise LirefError(f"unknown question set {name!r}; allowed: {allowed}")
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def load_question_set(
+    name: str,
+    path: str | None = None,
+    split: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> list[Question]:
+    """Load question set ``name`` (from a HF hub name or a local ``path``).
+
+    Args:
+        name: one of ``QUESTION_SETS`` (or a registered custom name).
+        path: local file or folder; ``None`` uses the hub data set of that name.
+        split: data set split (loader default when ``None``).
+        n: keep at most ``n`` questions, balanced across labels, drawn with ``seed``.
+        options: loader-specific options (column mapping, threshold, kinds, ...).
+
+    Returns:
+        list of ``Question`` (order: the source order, or the sampled order when ``n`` is set).
+    """
+    from probing.questions.sampling import sample_balanced
+
+    questions = _resolve(name)(path=path, split=split, **options)
+    if not questions:
+        raise LirefError(f"question set {name!r} (path={path!r}, split={split!r}) is empty")
+    if n is not None:
+        questions = sample_balanced(questions, n=n, seed=seed)
+    return questions

@@ -1,0 +1,202 @@
+"""The one place that talks to Weights & Biases.
+
+A ``Tracker`` wraps one wandb run. Every call is failure-proof: if wandb raises (no account,
+disk full, service down), a warning is logged, tracking is switched off, and the job goes on
+writing its own files. ``mode="disabled"`` makes every call a no-op without importing wandb.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MODES", "Tracker", "flatten"]
+
+MODES = ("offline", "online", "disabled")
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+class Tracker:
+    """One wandb run for one job.
+
+    Args:
+        mode: ``offline`` (default; written to ``dir``/wandb, sync later), ``online``, ``disabled``.
+        project, entity, name, group, job_type, tags: passed to ``wandb.init``.
+        config: the resolved job config (a plain dict).
+        dir: where wandb writes its run folder (the job's run directory).
+    """
+
+    def __init__(
+        self,
+        mode: str = "offline",
+        project: str = "liref",
+        entity: str | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: Sequence[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        dir: str | Path | None = None,
+    ) -> None:
+        if mode not in MODES:
+            from probing.errors import LirefError
+
+            raise LirefError(f"unknown logger mode {mode!r}; allowed: {list(MODES)}")
+        self.mode = mode
+        self._init_kwargs = dict(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            job_type=job_type,
+            tags=list(tags) if tags else None,
+            config=dict(config) if config else None,
+            dir=str(dir) if dir is not None else None,
+        )
+        self.run: Any = None
+        self.run_dir: Path | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        log.warning("wandb %s failed (%s: %s); tracking is off, files are still written",
+                    what, type(exc).__name__, exc)
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+    def start(self) -> Tracker:
+        if self.mode == "disabled" or self.run is not None:
+            return self
+        try:
+            import wandb
+
+            if self._init_kwargs["dir"]:
+                Path(self._init_kwargs["dir"]).mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(mode=self.mode, reinit="finish_previous", **self._init_kwargs)
+            self.run_dir = Path(self.run.dir).parent
+            log.info("wandb run (%s) at %s", self.mode, self.run_dir)
+        except Exception as exc:  # noqa: BLE001 - wandb must never kill a job
+            self._fail("init", exc)
+        return self
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log scalar metrics (nested dicts are flattened with ``/``)."""
+        if self.run is None:
+            return
+        clean = {k: v for k, v in flatten(metrics).items() if _is_loggable(v)}
+        try:
+            self.run.log(clean, step=step)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("log", exc)
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        """Write final numbers into the run summary."""
+        if self.run is None:
+            return
+        try:
+            for key, value in flatten(metrics).items():
+                if _is_loggable(value):
+                    self.run.summary[key] = value
+        except Exception as exc:  # noqa: BLE001
+            self._fail("summary", exc)
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+        except Exception as exc:  # noqa: BLE001
+            self._fail("table", exc)
+
+    def log_image(self, key: str, path: str | Path) -> None:
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+        except Exception as exc:  # noqa: BLE001
+            self._fail("image", exc)
+
+    def log_artifact(
+        self,
+        path: str | Path,
+        name: str,
+        type: str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Upload a file or folder (a probe, a direction, an SAE) as a wandb artifact."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            art = wandb.Artifact(_artifact_name(name), type=type, metadata=dict(metadata or {}))
+            p = Path(path)
+            if p.is_dir():
+                art.add_dir(str(p))
+            else:
+                art.add_file(str(p))
+            self.run.log_artifact(art)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("artifact", exc)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("wandb finish failed (%s)", exc)
+        self.run = None
+
+    def __enter__(self) -> Tracker:
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+
+@contextmanager
+def tracked(**kwargs: Any) -> Iterator[Tracker]:
+    """``with tracked(mode=..., ...) as tracker:`` — start, yield, finish."""
+    with Tracker(**kwargs) as tracker:
+        yield tracker
+
+
+def _is_loggable(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return not (isinstance(value, float) and math.isnan(value))
+    return isinstance(value, str)
+
+
+def _artifact_name(name: str) -> str:
+    """wandb artifact names allow alphanumerics, dashes, underscores and dots."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:128]

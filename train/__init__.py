@@ -1,0 +1,1 @@
+"""Hydra jobs that produce artifacts: organism, extract, probe, sae."""

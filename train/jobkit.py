@@ -1,0 +1,98 @@
+"""Glue shared by every Hydra job: run dir, seed, wandb run, metrics.json, clean errors.
+
+A job file is thin: ``@hydra.main(...)`` then ``run_job(cfg, "name", body)`` where
+``body(ctx) -> dict`` calls ``probing`` functions and returns its metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from probing.errors import LirefError
+from probing.io import write_metrics
+from probing.seeding import seed_everything
+from probing.tracking import Tracker
+
+log = logging.getLogger("liref")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_PATH = str(REPO_ROOT / "conf")
+
+
+@dataclass
+class JobContext:
+    """What a job body gets: its config, its run directory and its tracker."""
+
+    cfg: DictConfig
+    run_dir: Path
+    tracker: Tracker
+
+
+def hydra_run_dir() -> Path:
+    """The current Hydra run (or multirun job) directory; cwd outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path.cwd()
+
+
+def _names(job: str, run_dir: Path) -> tuple[str, str]:
+    """wandb run name and group from the Hydra job and sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            sweep = Path(hc.sweep.dir).name
+            overrides = hc.job.override_dirname or str(hc.job.num)
+            return f"{job}:{overrides}", f"{job}-sweep-{sweep}"
+    except ValueError:
+        pass
+    return f"{job}-{run_dir.parent.name}-{run_dir.name}", job
+
+
+def make_tracker(cfg: DictConfig, job: str, run_dir: Path) -> Tracker:
+    lcfg = cfg.get("logger") or {}
+    name, group = _names(job, run_dir)
+    return Tracker(
+        mode=str(lcfg.get("mode", "offline")),
+        project=str(lcfg.get("project", "liref")),
+        entity=lcfg.get("entity"),
+        name=lcfg.get("name") or name,
+        group=lcfg.get("group") or group,
+        job_type=job,
+        tags=list(lcfg.get("tags") or []),
+        config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        dir=run_dir,
+    )
+
+
+def run_job(cfg: DictConfig, job: str, body: Callable[[JobContext], Mapping[str, Any]]) -> dict:
+    """Run ``body`` inside a seeded, tracked job; write ``metrics.json``; exit 2 on user error."""
+    run_dir = hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(cfg.get("seed", 0)))
+    tracker = make_tracker(cfg, job, run_dir)
+    try:
+        tracker.start()
+        metrics = dict(body(JobContext(cfg=cfg, run_dir=run_dir, tracker=tracker)))
+        path = write_metrics(run_dir, metrics)
+        tracker.summary(metrics)
+        tracker.finish(0)
+    except LirefError as exc:
+        tracker.finish(1)
+        log.error("%s failed: %s", job, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    log.info("%s done; results in %s (metrics: %s)", job, run_dir, path)
+    return metrics
