@@ -42,12 +42,11 @@ class Row:
         return f"{self.origin} row {self.index}"
 
 
-def reject_unknown_options(loader: str, unknown: Mapping[str, Any], allowed: Sequence[str]) -> None:
+def reject_unknown_options(loader: str, options: Mapping[str, Any], allowed: Sequence[str]) -> None:
     """Raise if a loader got options it does not understand."""
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise LirefError(
-            f"{loader}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-        )
+        raise LirefError(f"{loader}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
 
 
 # ---------------------------------------------------------------------------------------------
