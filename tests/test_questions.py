@@ -263,6 +263,8 @@ def test_csv_and_tsv_loaders() -> None:
         ("t1", ("6",), "reasoning"),
         ("t2", ("France",), "memory"),
     ]
+    fixed = load_tsv(str(FIX / "generic.tsv"), columns={"id": "id"}, source="t", label_map={})
+    assert [x.id for x in fixed] == ["t1", "t2"] and fixed[0].source == "t"
 
 
 def test_fixed_label_and_answer_fallback() -> None:
