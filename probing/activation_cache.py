@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from probing import __version__
@@ -110,7 +110,7 @@ class ActivationCache:
         path = self.verify_shard(shard)
         try:
             acts = load_file(str(path))["activations"]
-        except (SafetensorsError, KeyError, OSError) as exc:
+        except (SafetensorError, KeyError, OSError) as exc:
             raise LirefError(f"activation cache shard {path} cannot be read: {exc}") from exc
         if acts.shape[0] != shard["end"] - shard["start"]:
             raise LirefError(f"activation cache shard {path} has {acts.shape[0]} rows, "

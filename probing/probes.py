@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probing import __version__
@@ -288,7 +288,7 @@ def load_probe(path: str | Path) -> Probe:
         raise LirefError(f"{folder}: unknown probe kind {kind!r}; allowed: {sorted(PROBES)}")
     try:
         tensors = load_file(str(folder / "probe.safetensors"))
-    except (SafetensorsError, OSError, FileNotFoundError) as exc:
+    except (SafetensorError, OSError, FileNotFoundError) as exc:
         raise LirefError(f"{folder / 'probe.safetensors'} cannot be read: {exc}") from exc
     probe = PROBES[kind](**meta.get("params", {}), layer=meta.get("layer"),
                          metadata=meta.get("metadata"))

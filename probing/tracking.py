@@ -16,7 +16,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "Tracker", "flatten"]
+__all__ = ["MODES", "Tracker", "flatten", "read_offline_run", "tracked"]
 
 MODES = ("offline", "online", "disabled")
 
@@ -112,6 +112,17 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self._fail("log", exc)
 
+    def define_metric(self, pattern: str, step_metric: str) -> None:
+        """Plot metrics matching ``pattern`` (e.g. ``"probe/*"``) against ``step_metric``
+        (e.g. ``"probe/layer"``) instead of wandb's global step."""
+        if self.run is None:
+            return
+        try:
+            self.run.define_metric(step_metric)
+            self.run.define_metric(pattern, step_metric=step_metric)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("define_metric", exc)
+
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Write final numbers into the run summary."""
         if self.run is None:
@@ -200,3 +211,75 @@ def _is_loggable(value: Any) -> bool:
 def _artifact_name(name: str) -> str:
     """wandb artifact names allow alphanumerics, dashes, underscores and dots."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:128]
+
+
+_BLOCK = 32768
+_HEADER = 7  # crc32 (4) + length (2) + type (1); the file starts with ":W&B" + magic + version
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    """Raw records of a ``.wandb`` transaction log (LevelDB-style blocks of 32 KiB)."""
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        from probing.errors import LirefError
+
+        raise LirefError(f"{path} is not a wandb transaction log")
+    pos, pending = 7, b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - (pos % _BLOCK)
+        if left < _HEADER:
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        if kind in (1, 2):  # FULL or FIRST
+            pending = chunk
+        else:  # MIDDLE or LAST
+            pending += chunk
+        if kind in (1, 4):
+            yield pending
+            pending = b""
+
+
+def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
+    """What an offline wandb run recorded, without syncing it.
+
+    Args:
+        run_folder: a ``wandb/offline-run-*`` folder (or any folder holding one ``*.wandb``).
+
+    Returns:
+        ``{"summary": {key: value}, "history": [{key: value}, ...], "config": {key: value}}``.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    folder = Path(run_folder)
+    files = sorted(folder.glob("*.wandb")) or sorted(folder.glob("*/*.wandb"))
+    if not files:
+        from probing.errors import LirefError
+
+        raise LirefError(f"no .wandb file in {folder}")
+    out: dict[str, Any] = {"summary": {}, "history": [], "config": {}}
+
+    def key(item: Any) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    for blob in _records(files[-1]):
+        rec = pb.Record()
+        rec.ParseFromString(blob)
+        kind = rec.WhichOneof("record_type")
+        if kind == "summary":
+            for item in rec.summary.update:
+                out["summary"][key(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({key(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind in ("config", "run"):
+            updates = rec.config.update if kind == "config" else rec.run.config.update
+            for item in updates:
+                out["config"][key(item)] = json.loads(item.value_json)
+    return out

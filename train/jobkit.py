@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from probing.errors import LirefError
 from probing.io import write_metrics
@@ -33,6 +33,13 @@ class JobContext:
     cfg: DictConfig
     run_dir: Path
     tracker: Tracker
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python (dicts/lists); ``None`` and scalars pass through."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
 
 
 def hydra_run_dir() -> Path:
@@ -94,5 +101,25 @@ def run_job(cfg: DictConfig, job: str, body: Callable[[JobContext], Mapping[str,
         log.error("%s failed: %s", job, exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BaseException:
+        tracker.finish(1)
+        raise
     log.info("%s done; results in %s (metrics: %s)", job, run_dir, path)
     return metrics
+
+
+def log_probe_report(ctx: JobContext, report: Any) -> None:
+    """Per-layer metrics (step = layer), a table, the plots and the probe/directions artifacts."""
+    rows = report.per_layer
+    ctx.tracker.define_metric("probe/*", step_metric="probe/layer")
+    for row in rows:
+        ctx.tracker.log({f"probe/{k}": v for k, v in row.items()})
+    columns = list(rows[0])
+    ctx.tracker.log_table("probe/per_layer", columns, [[r[c] for c in columns] for r in rows])
+    for key in ("plot_layers", "plot_pca"):
+        ctx.tracker.log_image(f"probe/{key}", report.files[key])
+    ctx.tracker.log_artifact(report.files["probe"], f"probe-layer{report.best_layer}", "probe")
+    ctx.tracker.log_artifact(report.files["directions"], "liref-directions", "direction")
+    log.info("best layer %d: held-out accuracy %.3f, AUROC %.3f; probe in %s",
+             report.best_layer, report.metrics["best/accuracy"], report.metrics["best/auroc"],
+             report.files["probe"])
