@@ -135,6 +135,25 @@ def test_mmlu_pro_fixture_choices_and_category_labels() -> None:
     assert first.id == "mmlu_pro/test/1"
 
 
+def test_mmlu_pro_bad_or_missing_score(tmp_path: Path) -> None:
+    f = tmp_path / "s.csv"
+    f.write_text(
+        "question,options,answer_index,category,memory_reason_score\n"
+        'q1,"[""a"", ""b""]",0,law,0.8\n'
+        'q2,"[""a"", ""b""]",1,math,\n'
+        'q3,"[""a"", ""b""]",1,math,high\n'
+    )
+    with pytest.raises(LirefError, match=r"s\.csv line 4: memory_reason_score 'high' is not a"):
+        load_mmlu_pro(str(f))
+    f.write_text(f.read_text().rsplit("q3", 1)[0])
+    qs = load_mmlu_pro(str(f))
+    assert [(x.label, x.meta["label_source"]) for x in qs] == [
+        ("reasoning", "score"),
+        ("reasoning", "category"),
+    ]
+    assert qs[0].meta["choices"] == ["a", "b"] and qs[1].answers == ("B", "b")
+
+
 def test_mmlu_pro_score_field_and_threshold() -> None:
     qs = load_mmlu_pro(str(FIX / "mmlu_pro_scored.jsonl"))
     # score beats category: math 0.2 -> memory, law 0.7 -> reasoning; 0.5 is not > 0.5

@@ -73,7 +73,7 @@ def load_question_set(
         options: loader-specific options (column mapping, threshold, kinds, ...).
 
     Returns:
-        list of ``Question`` (order: the source order, or the sampled order when ``n`` is set).
+        list of ``Question`` in source order (with ``n``: the kept subset, still in source order).
     """
     from probing.questions.sampling import sample_balanced
 

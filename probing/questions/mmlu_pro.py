@@ -4,6 +4,7 @@ reasoning-intensive and memory-intensive items."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -60,11 +61,12 @@ def _score(row: Row, score_field: str) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        score = float(value)
     except (TypeError, ValueError):
         raise LirefError(
             f"{row.where}: {score_field} {value!r} is not a number in [0, 1]"
         ) from None
+    return None if math.isnan(score) else score  # NaN = not scored (pandas' empty cell)
 
 
 def _choices(row: Row) -> tuple[list[str], int, str]:
