@@ -451,6 +451,11 @@ def test_hub_rows_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_datasets(monkeypatch, [{"question": "q", "answer": "a\n#### 4"}])
     assert load_gsm8k(None, split="train")[0].id == "gsm8k/train/0"
     assert calls == [("openai/gsm8k", "main", "train")]
+    calls = _fake_datasets(monkeypatch, [{"text": "q1", "gold": ["a", "b"]}])
+    cols = {"question": "text", "answers": "gold"}
+    gen = load_jsonl(None, "test", hub="org/my_set", config="c", label="memory", columns=cols)
+    assert calls == [("org/my_set", "c", "test")]
+    assert (gen[0].id, gen[0].answers, gen[0].source) == ("my_set/0", ("a", "b"), "my_set")
 
 
 # ---------------------------------------------------------------------------------------------
