@@ -1,0 +1,243 @@
+"""Text corpora for token-level activation streams (SAE training data).
+
+A ``TextCorpus`` is a list of documents plus a fingerprint (a hash of the texts and of where
+they came from) that keys activation caches. Sources:
+
+- ``organism``: the model organism's training text (``probing.organism``).
+- ``file``: a local ``.txt`` (one document per non-empty line) or ``.jsonl`` (field ``text_field``).
+- ``hf``: a HuggingFace data set by name (``datasets.load_dataset``; needs the hub or its cache).
+- ``questions``: question sets' prompts, ``"Q: {question}\\nA: "``.
+- ``texts``: an explicit list of strings (notebooks, tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probing.errors import LirefError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CORPUS_SOURCES",
+    "PROMPT_TEMPLATE",
+    "TextCorpus",
+    "fingerprint_texts",
+    "load_corpus",
+    "question_prompts",
+]
+
+#: The paper's prompt: no few-shot, ``"Q: " + question + "\nA: "``.
+PROMPT_TEMPLATE = "Q: {question}\nA: "
+
+CORPUS_SOURCES = ("organism", "file", "hf", "questions", "texts")
+
+
+def fingerprint_texts(texts: Iterable[str], salt: str = "") -> str:
+    """sha256 over the texts (length-prefixed, so boundaries count) and a salt; 16 hex chars."""
+    h = hashlib.sha256(salt.encode("utf-8"))
+    for text in texts:
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TextCorpus:
+    """Documents plus provenance. ``fingerprint`` changes whenever any text changes."""
+
+    texts: list[str]
+    source: str
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.texts = [t for t in self.texts if isinstance(t, str) and t.strip()]
+        if not self.texts:
+            raise LirefError(f"corpus from source {self.source!r} ({self.description}) is empty")
+        self.fingerprint = fingerprint_texts(self.texts, salt=self.source)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def split(self, n_heldout: int, seed: int = 0) -> tuple[TextCorpus, TextCorpus]:
+        """``(train, heldout)``: ``n_heldout`` documents drawn with ``seed`` are held out (at
+        least one document on each side); each side keeps the corpus order."""
+        import random
+
+        if len(self.texts) < 2:
+            raise LirefError(f"corpus {self.source!r} has {len(self.texts)} document(s); need >= 2 "
+                             "to hold some out for evaluation")
+        n = min(max(int(n_heldout), 1), len(self.texts) - 1)
+        held_idx = set(random.Random(f"liref-heldout-{seed}").sample(range(len(self.texts)), n))
+        train = [t for i, t in enumerate(self.texts) if i not in held_idx]
+        held = [t for i, t in enumerate(self.texts) if i in held_idx]
+        return (TextCorpus(train, self.source, {**self.description, "part": "train"}),
+                TextCorpus(held, self.source, {**self.description, "part": "heldout"}))
+
+
+def question_prompts(question_sets: Sequence[Mapping[str, Any]],
+                     template: str = PROMPT_TEMPLATE) -> list[str]:
+    """Prompts of question sets: each entry ``{name, path?, split?, n?, seed?, ...options}``."""
+    from probing.questions import load_question_set
+
+    prompts: list[str] = []
+    for spec in question_sets:
+        spec = dict(spec)
+        if "name" not in spec:
+            raise LirefError(f"question set entry {spec} has no 'name'")
+        questions = load_question_set(spec.pop("name"), **spec)
+        prompts.extend(template.format(question=q.question) for q in questions)
+    return prompts
+
+
+def _read_file(path: Path, text_field: str) -> list[str]:
+    if not path.is_file():
+        raise LirefError(f"corpus file not found: {path}")
+    if path.suffix == ".jsonl":
+        texts = []
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise LirefError(f"corpus file {path}: line {i} is not JSON ({exc})") from exc
+                if text_field not in row:
+                    raise LirefError(f"corpus file {path}: line {i} has no field {text_field!r} "
+                                     f"(fields: {sorted(row)}); set corpus.text_field")
+                texts.append(str(row[text_field]))
+        return texts
+    if path.suffix in (".txt", ".text", ""):
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raise LirefError(f"corpus file {path}: unsupported suffix {path.suffix!r}; use .txt or .jsonl")
+
+
+def _load_hf(name: str, config_name: str | None, split: str, text_field: str,
+             max_texts: int | None) -> list[str]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config_name, split=split, streaming=max_texts is not None)
+    except Exception as exc:  # noqa: BLE001 - network, missing data set, bad split all land here
+        raise LirefError(
+            f"cannot load HF data set {name!r} (config={config_name!r}, split={split!r}): the hub "
+            f"may be unreachable (no network) or the name wrong; use corpus.source=file with a local "
+            f".txt/.jsonl instead ({type(exc).__name__}: {exc})") from exc
+    texts: list[str] = []
+    for row in ds:
+        if text_field not in row:
+            raise LirefError(f"HF data set {name!r} has no field {text_field!r} (fields: "
+                             f"{sorted(row)}); set corpus.text_field")
+        texts.append(str(row[text_field]))
+        if max_texts is not None and len(texts) >= max_texts:
+            break
+    return texts
+
+
+def _organism_config(checkpoint: Path) -> Any:
+    """The ``OrganismConfig`` a checkpoint was trained with (defaults when it is not recorded)."""
+    from probing.organism.config import OrganismConfig
+
+    for name in ("organism.json", "organism_config.json"):
+        f = checkpoint / name
+        if f.is_file():
+            from probing.io import read_json
+
+            d = read_json(f)
+            return OrganismConfig.from_dict(d.get("organism", d) if isinstance(d, dict) else d)
+    return OrganismConfig()
+
+
+def _organism_texts(n_texts: int | None, seed: int, checkpoint: str | Path | None = None
+                    ) -> list[str]:
+    """``n_texts`` training lines of the organism's corpus (``"Q: ...\nA: answer"``), drawn
+    from its training streams with the checkpoint's mix; ``seed`` seeds the draw only."""
+    import random
+
+    try:
+        from probing.organism import DEFAULT_CHECKPOINT
+        from probing.organism import corpus as oc
+    except ImportError as exc:
+        raise LirefError("the model organism's corpus generator (probing.organism.corpus) is not "
+                         "available; use corpus.source=file|hf|questions") from exc
+    fn = getattr(oc, "training_texts", None)
+    if fn is not None:  # the organism's own generator, when it provides one
+        return list(fn(n_texts, seed))
+    ocfg = _organism_config(Path(checkpoint or DEFAULT_CHECKPOINT))
+    corpus = oc.Corpus(ocfg.corpus, seed=ocfg.seed)
+    mix = {k: float(v) for k, v in ocfg.train.mix.items() if float(v) > 0}
+    streams, weights = list(mix), list(mix.values())
+    rng = random.Random(f"liref-sae-corpus-{seed}")
+    n = 20000 if n_texts is None else int(n_texts)
+    texts = []
+    for _ in range(n):
+        item = corpus.sample_train(rng, rng.choices(streams, weights)[0])
+        texts.append(oc.format_text(item.question, item.answer))
+    return texts
+
+
+def load_corpus(
+    source: str = "organism",
+    *,
+    path: str | None = None,
+    name: str | None = None,
+    config_name: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+    max_texts: int | None = None,
+    question_sets: Sequence[Mapping[str, Any]] = (),
+    texts: Sequence[str] | None = None,
+    seed: int = 0,
+    organism_checkpoint: str | Path | None = None,
+) -> TextCorpus:
+    """Load a text corpus; ``question_sets`` prompts are appended to any source.
+
+    Args:
+        source: one of ``CORPUS_SOURCES``.
+        path: local file for ``file``.
+        name, config_name, split: HF data set for ``hf``.
+        text_field: the text column (``jsonl`` / ``hf``).
+        max_texts: keep at most this many documents of the source (prompts not counted).
+        question_sets: ``[{name, path?, split?, n?}]`` whose prompts are added.
+        texts: the documents for ``texts``.
+        seed: for generated corpora (the organism).
+        organism_checkpoint: the organism whose corpus is drawn (default: the committed one).
+    """
+    if source not in CORPUS_SOURCES:
+        raise LirefError(f"unknown corpus source {source!r}; allowed: {list(CORPUS_SOURCES)}")
+    desc: dict[str, Any] = {"source": source}
+    if source == "organism":
+        docs = _organism_texts(max_texts, seed, organism_checkpoint)
+        desc["seed"] = seed
+    elif source == "file":
+        if not path:
+            raise LirefError("corpus.source=file needs corpus.path (a .txt or .jsonl file)")
+        docs = _read_file(Path(path).expanduser(), text_field)
+        desc["path"] = str(path)
+    elif source == "hf":
+        if not name:
+            raise LirefError("corpus.source=hf needs corpus.name (a HF data set name)")
+        docs = _load_hf(name, config_name, split, text_field, max_texts)
+        desc.update(name=name, config_name=config_name, split=split)
+    elif source == "questions":
+        docs = []
+        if not question_sets:
+            raise LirefError("corpus.source=questions needs corpus.question_sets")
+    else:
+        if texts is None:
+            raise LirefError("corpus.source=texts needs a list of texts")
+        docs = list(texts)
+    if max_texts is not None:
+        docs = docs[: int(max_texts)]
+    if question_sets:
+        docs = docs + question_prompts(question_sets)
+        desc["question_sets"] = [dict(q) for q in question_sets]
+    return TextCorpus(docs, source, desc)

@@ -1,0 +1,665 @@
+"""Sparse autoencoders on token-level residual activations, trained with sae-lens.
+
+Training runs sae-lens's own ``SAETrainer`` on a data provider over OUR activations (a token
+cache on disk or a model stream, see ``probing.token_cache``); metrics are ours
+(``probing.sae_metrics``); the result is saved in sae-lens's inference format, so
+``sae_lens.SAE.load_from_disk(path)`` and ``probing.load_sae(path)`` both load it.
+
+Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), which is
+TransformerLens's ``blocks.{l}.hook_resid_post`` (the hook the Gemma Scope / Llama Scope SAEs
+were trained on).
+
+sae-lens's own wandb logging stays off: progress goes through a callback (the jobs pass the
+liref tracker's ``log``). sae-lens does not seed torch: ``train_sae`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probing.errors import LirefError
+from probing.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURES",
+    "LIREF_SAE_FILENAME",
+    "SAETrainConfig",
+    "is_pretrained_release",
+    "load_sae",
+    "make_training_sae",
+    "save_sae",
+    "train_sae",
+]
+
+#: liref's name -> sae-lens training architecture name.
+ARCHITECTURES: dict[str, str] = {
+    "standard": "standard",
+    "topk": "topk",
+    "batchtopk": "batchtopk",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "matryoshka": "matryoshka_batchtopk",
+}
+_K_ARCHS = {"topk", "batchtopk", "matryoshka"}
+_L1_ARCHS = {"standard", "gated"}
+
+#: liref's provenance file written next to sae-lens's ``cfg.json`` / ``sae_weights.safetensors``.
+LIREF_SAE_FILENAME = "liref_sae.json"
+
+LogFn = Callable[[dict[str, Any], int], None]
+EvalFn = Callable[[Any, Any], dict[str, float]]
+
+
+@dataclass
+class SAETrainConfig:
+    """One SAE's architecture and optimisation settings.
+
+    Args:
+        architecture: one of ``ARCHITECTURES`` (standard = ReLU + L1).
+        expansion_factor: ``d_sae = expansion_factor * d_in`` (unless ``d_sae`` is given).
+        d_sae: explicit width.
+        k: active latents per token (topk) or on average per batch (batchtopk, matryoshka).
+        sparsity_coefficient: L1 coefficient (standard, gated) or L0 coefficient (jumprelu).
+        sparsity_warm_up_steps: linear warm-up of that coefficient.
+        lr, lr_scheduler, lr_warm_up_steps, lr_decay_steps: Adam learning rate and schedule
+            (``constant``, ``cosineannealing``, ... as sae-lens names them).
+        training_tokens: tokens seen in training (the data provider loops over its data).
+        batch_size: tokens per step.
+        normalize_activations: ``expected_average_only_in`` (scale to mean norm sqrt(d_in),
+            folded into the weights after training) or ``none``.
+        n_batches_for_norm_estimate: batches used to estimate that scale (keep small on CPU).
+        jumprelu_init_threshold, jumprelu_bandwidth: JumpReLU's threshold init and STE width.
+        matryoshka_widths: nested widths (default: d_sae/8, d_sae/4, d_sae/2, d_sae).
+        aux_loss_coefficient: dead-latent auxiliary loss (topk family).
+        decoder_init_norm: initial decoder row norm.
+        dead_feature_window, feature_sampling_window: sae-lens's sparsity bookkeeping (steps).
+        device, dtype: where and in what precision the SAE trains.
+        log_every: steps between training-metric logs; ``eval_every``: steps between held-out
+            evaluations during training (0 = only at the end).
+    """
+
+    architecture: str = "topk"
+    expansion_factor: int = 8
+    d_sae: int | None = None
+    k: int | None = 16
+    sparsity_coefficient: float | None = None
+    sparsity_warm_up_steps: int = 0
+    lr: float = 3e-4
+    lr_scheduler: str = "constant"
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
+    training_tokens: int = 1_000_000
+    batch_size: int = 1024
+    normalize_activations: str = "expected_average_only_in"
+    n_batches_for_norm_estimate: int = 16
+    jumprelu_init_threshold: float = 0.01
+    jumprelu_bandwidth: float = 0.05
+    matryoshka_widths: list[int] | None = None
+    aux_loss_coefficient: float = 1.0
+    decoder_init_norm: float | None = 0.1
+    dead_feature_window: int = 1000
+    feature_sampling_window: int = 2000
+    device: str = "cpu"
+    dtype: str = "float32"
+    log_every: int = 50
+    eval_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise LirefError(f"unknown SAE architecture {self.architecture!r}; allowed: "
+                             f"{sorted(ARCHITECTURES)}")
+        if self.expansion_factor < 1 and self.d_sae is None:
+            raise LirefError(f"expansion_factor must be >= 1, got {self.expansion_factor}")
+        if self.d_sae is not None and self.d_sae < 1:
+            raise LirefError(f"d_sae must be >= 1, got {self.d_sae}")
+        if self.architecture in _K_ARCHS:
+            if self.k is None or self.k < 1:
+                raise LirefError(f"{self.architecture} SAEs need k >= 1, got k={self.k}")
+        elif self.k is not None:
+            log.info("k=%s is ignored by the %s architecture", self.k, self.architecture)
+        if self.sparsity_coefficient is not None and self.sparsity_coefficient < 0:
+            raise LirefError(f"sparsity_coefficient must be >= 0, got {self.sparsity_coefficient}")
+        for name in ("lr", "training_tokens", "batch_size", "n_batches_for_norm_estimate",
+                     "log_every"):
+            if getattr(self, name) <= 0:
+                raise LirefError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.training_tokens < self.batch_size:
+            raise LirefError(f"training_tokens={self.training_tokens} is less than one batch "
+                             f"(batch_size={self.batch_size})")
+        if self.eval_every < 0:
+            raise LirefError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.normalize_activations not in ("none", "expected_average_only_in"):
+            raise LirefError(f"normalize_activations must be 'none' or "
+                             f"'expected_average_only_in', got {self.normalize_activations!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAETrainConfig:
+        """Build from a (Hydra) mapping; unknown keys raise, naming the allowed ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise LirefError(f"unknown SAE setting(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def width(self, d_in: int) -> int:
+        return int(self.d_sae) if self.d_sae is not None else int(self.expansion_factor * d_in)
+
+    @property
+    def total_steps(self) -> int:
+        return self.training_tokens // self.batch_size
+
+
+def _training_cfg_dict(cfg: SAETrainConfig, d_in: int) -> dict[str, Any]:
+    d_sae = cfg.width(d_in)
+    out: dict[str, Any] = dict(
+        d_in=d_in, d_sae=d_sae, dtype=cfg.dtype, device=cfg.device,
+        normalize_activations=cfg.normalize_activations,
+        decoder_init_norm=cfg.decoder_init_norm,
+    )
+    arch = cfg.architecture
+    if arch in _L1_ARCHS:
+        out["l1_coefficient"] = 5.0 if cfg.sparsity_coefficient is None else cfg.sparsity_coefficient
+        out["l1_warm_up_steps"] = cfg.sparsity_warm_up_steps
+    elif arch == "jumprelu":
+        out["l0_coefficient"] = 1.0 if cfg.sparsity_coefficient is None else cfg.sparsity_coefficient
+        out["l0_warm_up_steps"] = cfg.sparsity_warm_up_steps
+        out["jumprelu_init_threshold"] = cfg.jumprelu_init_threshold
+        out["jumprelu_bandwidth"] = cfg.jumprelu_bandwidth
+    else:
+        if cfg.k is None or cfg.k > d_sae:
+            raise LirefError(f"k={cfg.k} must be between 1 and d_sae={d_sae}")
+        out["k"] = cfg.k
+        out["aux_loss_coefficient"] = cfg.aux_loss_coefficient
+        if arch == "matryoshka":
+            widths = list(cfg.matryoshka_widths or [])
+            if not widths:
+                widths = sorted({max(cfg.k, d_sae // 8), max(cfg.k, d_sae // 4),
+                                 max(cfg.k, d_sae // 2), d_sae})
+            if widths[-1] != d_sae or any(b <= a for a, b in zip(widths[:-1], widths[1:], strict=True)):
+                raise LirefError(f"matryoshka_widths {widths} must increase strictly and end at "
+                                 f"d_sae={d_sae}")
+            out["matryoshka_widths"] = widths
+    return out
+
+
+def make_training_sae(cfg: SAETrainConfig, d_in: int) -> Any:
+    """A fresh sae-lens ``TrainingSAE`` of ``cfg.architecture`` for ``d_in``-wide activations."""
+    import sae_lens  # noqa: F401 - registers the architectures
+    from sae_lens.registry import get_sae_training_class
+
+    sae_cls, cfg_cls = get_sae_training_class(ARCHITECTURES[cfg.architecture])
+    try:
+        return sae_cls(cfg_cls(**_training_cfg_dict(cfg, d_in)))
+    except ValueError as exc:
+        raise LirefError(f"invalid {cfg.architecture} SAE settings: {exc}") from exc
+
+
+def _make_trainer_cls() -> type:
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    class TrackedSAETrainer(SAETrainer):  # type: ignore[misc, type-arg]
+        """sae-lens's trainer, reporting through callbacks instead of wandb."""
+
+        on_log: LogFn | None = None
+        evaluate: EvalFn | None = None
+        log_every: int = 50
+        eval_every: int = 0
+
+        def step(self, batch: torch.Tensor) -> Any:
+            out = super().step(batch)
+            step = self.n_training_steps + 1  # fit() increments after step()
+            if self.on_log is not None and step % self.log_every == 0:
+                metrics = self.build_train_step_log_dict(out, self.n_training_samples)
+                self.on_log({f"train/{k}": v for k, v in metrics.items()}, step)
+            if (self.on_log is not None and self.evaluate is not None and self.eval_every
+                    and step % self.eval_every == 0):
+                self.sae.eval()
+                with torch.no_grad():
+                    metrics = self.evaluate(self.sae, self.activation_scaler)
+                self.sae.train()
+                self.on_log({f"heldout/{k}": v for k, v in metrics.items()}, step)
+            return out
+
+    return TrackedSAETrainer
+
+
+def train_sae(
+    data_provider: Iterator[torch.Tensor],
+    d_in: int,
+    cfg: SAETrainConfig,
+    seed: int | None = 0,
+    on_log: LogFn | None = None,
+    evaluate: EvalFn | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Any:
+    """Train an SAE with sae-lens's ``SAETrainer`` on ``[batch_size, d_in]`` batches.
+
+    Args:
+        data_provider: infinite iterator of ``[cfg.batch_size, d_in]`` activation batches.
+        d_in: activation width.
+        cfg: architecture and optimisation settings.
+        seed: seeds python/numpy/torch before the SAE is initialised (``None`` = leave as is).
+        on_log: ``on_log(metrics, step)`` every ``cfg.log_every`` steps (e.g. tracker.log).
+        evaluate: ``evaluate(training_sae, activation_scaler) -> metrics`` every
+            ``cfg.eval_every`` steps (held-out metrics in the scaled space).
+        metadata: written into the SAE's ``cfg.metadata`` (model_name, hook_name, ...).
+
+    Returns:
+        the trained sae-lens ``TrainingSAE`` (activation scaling folded into the weights).
+    """
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    if seed is not None:
+        seed_everything(int(seed))
+    sae = make_training_sae(cfg, d_in)
+    for key, value in (metadata or {}).items():
+        sae.cfg.metadata[key] = value
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=cfg.training_tokens,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr / 10,
+        lr_scheduler_name=cfg.lr_scheduler,
+        lr_warm_up_steps=cfg.lr_warm_up_steps,
+        lr_decay_steps=cfg.lr_decay_steps,
+        device=cfg.device,
+        dead_feature_window=cfg.dead_feature_window,
+        feature_sampling_window=cfg.feature_sampling_window,
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+    )
+    trainer = _make_trainer_cls()(cfg=trainer_cfg, sae=sae, data_provider=data_provider)
+    trainer.on_log, trainer.evaluate = on_log, evaluate
+    trainer.log_every, trainer.eval_every = cfg.log_every, cfg.eval_every
+    sae = trainer.fit()
+    sae.eval()
+    return sae
+
+
+def save_sae(sae: Any, path: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Save in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``; a training SAE is
+    saved as its inference SAE) plus ``liref_sae.json`` (``info``: model, layer, corpus, metrics).
+    """
+    from sae_lens.saes.sae import TrainingSAE
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(sae, TrainingSAE):
+        sae.save_inference_model(path)
+    else:
+        sae.save_model(path)
+    if info is not None:
+        from probing.io import write_json
+
+        write_json(path / LIREF_SAE_FILENAME, info)
+    return path
+
+
+def is_pretrained_release(name: str) -> bool:
+    """Whether ``name`` is a release in sae-lens's pretrained directory (no network needed)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return name in get_pretrained_saes_directory()
+
+
+def _check_release(release: str, sae_id: str | None) -> str:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise LirefError(f"{release!r} is neither a local SAE folder (with cfg.json) nor a "
+                         f"sae-lens pretrained release; e.g. 'gemma-scope-9b-pt-res-canonical', "
+                         f"'llama_scope_lxr_8x' (see sae_lens/pretrained_saes.yaml)")
+    ids = list(directory[release].saes_map)
+    if sae_id is None or sae_id not in ids:
+        shown = ids[:6] + (["..."] if len(ids) > 6 else [])
+        raise LirefError(f"release {release!r} needs a valid sae_id, got {sae_id!r}; valid ids "
+                         f"include {shown}")
+    return sae_id
+
+
+def load_sae(
+    path_or_release: str | Path,
+    sae_id: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> Any:
+    """A sae-lens ``SAE`` from a local folder (``save_sae`` / sae-lens format) or a release.
+
+    Args:
+        path_or_release: folder holding ``cfg.json`` + ``sae_weights.safetensors``, or a sae-lens
+            pretrained release name (e.g. ``"gemma-scope-9b-pt-res-canonical"``).
+        sae_id: the SAE in the release (e.g. ``"layer_20/width_16k/canonical"``).
+        device, dtype: where to put it (``dtype=None`` keeps the saved one for local folders).
+
+    Raises:
+        LirefError: unknown folder/release/id, or the hub is unreachable.
+    """
+    from sae_lens import SAE
+
+    p = Path(path_or_release).expanduser()
+    if p.is_dir():
+        if not (p / "cfg.json").is_file():
+            raise LirefError(f"{p} is not a sae-lens SAE folder: no cfg.json in it")
+        try:
+            return SAE.load_from_disk(str(p), device=device, dtype=dtype)
+        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+            raise LirefError(f"cannot load the SAE in {p}: {type(exc).__name__}: {exc}") from exc
+    release = str(path_or_release)
+    sae_id = _check_release(release, sae_id)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype or "float32")
+    except Exception as exc:  # noqa: BLE001 - hub, network and conversion errors all land here
+        why = ("HF_HUB_OFFLINE is set and it is not in the local HF cache" if offline
+               else "the HuggingFace hub is unreachable (no network?) or the download failed")
+        raise LirefError(f"cannot load pretrained SAE {release!r} / {sae_id!r}: {why}; a local "
+                         f"SAE folder works offline ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass
+class SAERunInfo:
+    """What ``liref_sae.json`` records about a trained SAE."""
+
+    model_id: str
+    layer: int
+    d_in: int
+    d_sae: int
+    architecture: str
+    corpus_fingerprint: str
+    train: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    cache: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hook_name(layer: int) -> str:
+    """TransformerLens hook name of liref layer ``l`` (block output = resid_post)."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def sae_metadata(model_id: str, layer: int, context_size: int, corpus: str,
+                 prepend_bos: bool = True) -> dict[str, Any]:
+    """sae-lens metadata fields for an SAE trained on liref layer ``layer``."""
+    return {
+        "model_name": model_id,
+        "hook_name": hook_name(layer),
+        "context_size": context_size,
+        "dataset_path": corpus,
+        "prepend_bos": prepend_bos,
+        "liref_layer": layer,
+    }
+
+
+
+@dataclass
+class SAEDataConfig:
+    """Where an SAE's token activations come from and how it is evaluated.
+
+    Args:
+        layer: decoder block (``None`` = the middle one, ``n_layers // 2``).
+        context_size, batch_size, drop_bos, dtype, shard_tokens, max_tokens: the token stream
+            (see ``probing.token_cache.TokenStreamConfig``); ``batch_size`` = sequences/forward.
+        use_cache: extract once into a content-addressed cache under ``cache_dir`` (sweeps
+            share it) instead of streaming from the model every epoch.
+        cache_dir: cache root (required when ``use_cache``).
+        shuffle_buffer: mixing-buffer size (tokens) of the training data provider.
+        heldout_texts: documents held out of training for the metrics.
+        heldout_tokens: at most this many held-out tokens for reconstruction metrics.
+        eval_tokens_during_training: held-out tokens used by the periodic in-training evals.
+        ce_batches: at most this many held-out batches for CE loss recovered.
+    """
+
+    layer: int | None = None
+    context_size: int = 128
+    batch_size: int = 64
+    drop_bos: bool = True
+    dtype: str = "float32"
+    shard_tokens: int = 65536
+    max_tokens: int | None = None
+    use_cache: bool = True
+    cache_dir: str | None = None
+    shuffle_buffer: int = 65536
+    heldout_texts: int = 256
+    heldout_tokens: int = 20000
+    eval_tokens_during_training: int = 4096
+    ce_batches: int = 8
+
+    def __post_init__(self) -> None:
+        if self.use_cache and not self.cache_dir:
+            raise LirefError("use_cache=true needs a cache_dir")
+        for name in ("shuffle_buffer", "heldout_texts", "heldout_tokens",
+                     "eval_tokens_during_training", "ce_batches"):
+            if int(getattr(self, name)) < 1:
+                raise LirefError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEDataConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise LirefError(f"unknown activation setting(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def stream(self, layer: int, max_tokens: int | None = None) -> Any:
+        from probing.token_cache import TokenStreamConfig
+
+        return TokenStreamConfig(layer=layer, context_size=self.context_size,
+                                 batch_size=self.batch_size, drop_bos=self.drop_bos,
+                                 dtype=self.dtype, shard_tokens=self.shard_tokens,
+                                 max_tokens=max_tokens)
+
+
+@dataclass
+class SAEResult:
+    """What ``train_sae_on_corpus`` / ``evaluate_sae_on_corpus`` produce."""
+
+    sae: Any
+    layer: int
+    metrics: dict[str, float]
+    latent_density: torch.Tensor
+    sae_dir: Path | None = None
+    density_plot: Path | None = None
+    cache_dirs: dict[str, str] = field(default_factory=dict)
+    cache_built: dict[str, bool] = field(default_factory=dict)
+
+
+def resolve_layer(model: Any, layer: int | None) -> int:
+    """``layer`` validated (negative counts from the end); ``None`` = the middle block."""
+    from probing.hooks import check_layers
+    from probing.models import num_layers
+
+    if layer is None:
+        return num_layers(model) // 2
+    return check_layers(model, [int(layer)])[0]
+
+
+def fit_context(model: Any, data: SAEDataConfig) -> SAEDataConfig:
+    """``data`` with ``context_size`` clipped to the model's ``max_position_embeddings``."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and 2 <= limit < data.context_size:
+        log.info("context_size %d > the model's max_position_embeddings %d: using %d",
+                 data.context_size, limit, limit)
+        return SAEDataConfig(**{**asdict(data), "context_size": limit})
+    return data
+
+
+def _sources(model: Any, tokenizer: Any, corpus: Any, data: SAEDataConfig, layer: int,
+             seed: int, need_train: bool = True
+             ) -> tuple[Callable[[int], Iterator[torch.Tensor]] | None,
+                        Callable[[], Iterator[torch.Tensor]], Any, dict, dict]:
+    """``(train chunks per epoch, held-out chunks, held-out corpus, cache dirs, built flags)``."""
+    from probing.token_cache import get_or_build_token_cache, iter_residual_tokens
+
+    train_corpus, held_corpus = corpus.split(data.heldout_texts, seed=seed)
+    train_stream = data.stream(layer, data.max_tokens)
+    held_stream = data.stream(layer, data.heldout_tokens)
+    if not data.use_cache:
+        def train_chunks(_epoch: int) -> Iterator[torch.Tensor]:
+            return iter_residual_tokens(model, tokenizer, train_corpus.texts, train_stream)
+
+        def held_chunks() -> Iterator[torch.Tensor]:
+            return iter_residual_tokens(model, tokenizer, held_corpus.texts, held_stream)
+
+        return train_chunks, held_chunks, held_corpus, {}, {}
+    assert data.cache_dir is not None
+    held_cache, built_held = get_or_build_token_cache(
+        model, tokenizer, held_corpus.texts, data.cache_dir, held_stream,
+        held_corpus.fingerprint, held_corpus.description)
+    dirs, built = {"heldout": str(held_cache.path)}, {"heldout": built_held}
+    if not need_train:
+        return None, held_cache.iter_shards, held_corpus, dirs, built
+    train_cache, built["train"] = get_or_build_token_cache(
+        model, tokenizer, train_corpus.texts, data.cache_dir, train_stream,
+        train_corpus.fingerprint, train_corpus.description)
+    dirs["train"] = str(train_cache.path)
+
+    def cached_train(epoch: int) -> Iterator[torch.Tensor]:
+        return train_cache.iter_shards(shuffle=True, seed=seed + epoch)
+
+    return cached_train, held_cache.iter_shards, held_corpus, dirs, built
+
+
+def evaluate_sae_on_corpus(
+    model: Any,
+    tokenizer: Any,
+    sae: Any,
+    layer: int,
+    held_chunks: Callable[[], Iterator[torch.Tensor]],
+    held_texts: list[str],
+    data: SAEDataConfig,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Our metrics of an (inference) SAE on held-out tokens: ``(metrics, latent_density)``."""
+    from probing.sae_metrics import ce_loss_recovered, reconstruction_metrics
+    from probing.token_cache import text_batches
+
+    rec = reconstruction_metrics(sae, held_chunks(), max_tokens=data.heldout_tokens)
+    ce = ce_loss_recovered(
+        model, sae, layer,
+        text_batches(tokenizer, held_texts, data.context_size, data.batch_size),
+        bos_id=getattr(tokenizer, "bos_token_id", None), drop_bos=data.drop_bos,
+        max_batches=data.ce_batches)
+    metrics = {**rec.scalars(), **asdict(ce)}
+    return metrics, rec.latent_density
+
+
+def train_sae_on_corpus(
+    model: Any,
+    tokenizer: Any,
+    corpus: Any,
+    cfg: SAETrainConfig,
+    data: SAEDataConfig,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    on_log: LogFn | None = None,
+) -> SAEResult:
+    """Token activations of ``corpus`` at ``data.layer`` -> sae-lens SAE -> our metrics.
+
+    The corpus is split into train / held-out documents; activations come from the cache (built
+    once per model/corpus/layer/settings) or straight from the model. The trained SAE is saved
+    in sae-lens's inference format in ``out_dir/sae`` (when given), reloaded, and the metrics
+    are computed on that reloaded SAE, i.e. on exactly what users load.
+    """
+    import tempfile
+
+    from probing.models import model_id
+    from probing.sae_metrics import plot_latent_density, reconstruction_metrics
+    from probing.token_cache import activation_batches
+
+    layer = resolve_layer(model, data.layer)
+    data = fit_context(model, data)
+    train_chunks, held_chunks, held_corpus, cache_dirs, built = _sources(
+        model, tokenizer, corpus, data, layer, seed)
+    assert train_chunks is not None
+    eval_acts = torch.cat(list(_take(held_chunks(), data.eval_tokens_during_training)))
+    d_in = int(eval_acts.shape[1])
+
+    def evaluate(sae: Any, scaler: Any) -> dict[str, float]:
+        return reconstruction_metrics(sae, [scaler(eval_acts.float())]).scalars()
+
+    from probing.models import resolve_dtype
+
+    provider = activation_batches(train_chunks, cfg.batch_size, data.shuffle_buffer, seed=seed,
+                                  dtype=resolve_dtype(cfg.dtype))
+    meta = sae_metadata(model_id(model), layer, data.context_size, str(corpus.description),
+                        prepend_bos=True)
+    meta["liref_corpus_fingerprint"] = corpus.fingerprint
+    training_sae = train_sae(provider, d_in, cfg, seed=seed, on_log=on_log, evaluate=evaluate,
+                             metadata=meta)
+    with tempfile.TemporaryDirectory() as tmp:
+        sae_dir = Path(out_dir) / "sae" if out_dir is not None else Path(tmp) / "sae"
+        save_sae(training_sae, sae_dir)
+        sae = load_sae(sae_dir, device=cfg.device)
+        metrics, density = evaluate_sae_on_corpus(model, tokenizer, sae, layer, held_chunks,
+                                                  held_corpus.texts, data)
+        info = SAERunInfo(model_id=model_id(model), layer=layer, d_in=d_in,
+                          d_sae=cfg.width(d_in), architecture=cfg.architecture,
+                          corpus_fingerprint=corpus.fingerprint, train=asdict(cfg),
+                          metrics=metrics, cache=cache_dirs.get("train"))
+        if out_dir is not None:
+            from probing.io import write_json
+
+            write_json(sae_dir / LIREF_SAE_FILENAME, info.to_dict())
+    plot = None
+    if out_dir is not None:
+        plot = plot_latent_density(density, Path(out_dir) / "latent_density.png",
+                                   title=f"{cfg.architecture} SAE, layer {layer}")
+    return SAEResult(sae=sae, layer=layer, metrics=metrics, latent_density=density,
+                     sae_dir=sae_dir if out_dir is not None else None, density_plot=plot,
+                     cache_dirs=cache_dirs, cache_built=built)
+
+
+def evaluate_pretrained_on_corpus(
+    model: Any,
+    tokenizer: Any,
+    corpus: Any,
+    sae: Any,
+    data: SAEDataConfig,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+) -> SAEResult:
+    """Our metrics for an already trained SAE (e.g. Gemma Scope) on ``corpus``'s held-out part;
+    ``data.layer`` must be the layer the SAE was trained on."""
+    from probing.sae_metrics import plot_latent_density
+
+    layer = resolve_layer(model, data.layer)
+    data = fit_context(model, data)
+    d_model = int(getattr(model.config, "hidden_size", sae.cfg.d_in))
+    if sae.cfg.d_in != d_model:
+        raise LirefError(f"this SAE reads {sae.cfg.d_in}-wide activations but the model's "
+                         f"residual stream is {d_model}-wide: wrong model or SAE")
+    _, held_chunks, held_corpus, cache_dirs, built = _sources(
+        model, tokenizer, corpus, data, layer, seed, need_train=False)
+    metrics, density = evaluate_sae_on_corpus(model, tokenizer, sae, layer, held_chunks,
+                                              held_corpus.texts, data)
+    plot = None
+    if out_dir is not None:
+        plot = plot_latent_density(density, Path(out_dir) / "latent_density.png",
+                                   title=f"pretrained SAE, layer {layer}")
+    return SAEResult(sae=sae, layer=layer, metrics=metrics, latent_density=density,
+                     density_plot=plot, cache_dirs=cache_dirs, cache_built=built)
+
+
+def _take(chunks: Iterator[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
+    seen = 0
+    for c in chunks:
+        c = c[: n - seen]
+        seen += c.shape[0]
+        yield c
+        if seen >= n:
+            return

@@ -1,0 +1,232 @@
+"""Our own SAE metrics on held-out tokens: L0, explained variance, MSE, dead fraction, CE loss
+recovered, and the latent density histogram.
+
+Definitions (``x`` = activations ``[N, d]``, ``x_hat`` = SAE reconstruction, ``f`` = latents):
+- ``l0``: mean over tokens of the number of non-zero latents.
+- ``explained_variance``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` (= 1 - FVU).
+- ``mse``: mean over tokens and dimensions of ``(x - x_hat)^2``.
+- ``dead_fraction``: fraction of latents that never fire on the held-out tokens.
+- ``ce_loss_recovered``: ``(L_zero - L_sae) / (L_zero - L_clean)`` where ``L`` is the model's
+  next-token loss with the block output replaced by the SAE reconstruction (``L_sae``), by zeros
+  (``L_zero``) or untouched (``L_clean``), at the stream's positions (not padding, not BOS when
+  the stream drops BOS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probing.errors import LirefError
+from probing.hooks import check_layers
+from probing.models import decoder_layers, model_device
+
+__all__ = [
+    "METRIC_KEYS",
+    "CELossResult",
+    "ReconstructionMetrics",
+    "ce_loss_recovered",
+    "plot_latent_density",
+    "reconstruction_metrics",
+    "splice_block_output",
+]
+
+#: Keys every SAE run writes to ``metrics.json``.
+METRIC_KEYS = ("l0", "explained_variance", "mse", "dead_fraction", "ce_loss_recovered")
+
+
+def _sae_forward(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(latents [N, d_sae], reconstruction [N, d])`` in float32."""
+    p = next(sae.parameters())
+    feats = sae.encode(x.to(p.device, p.dtype))
+    recon = sae.decode(feats)
+    return feats.float(), recon.float()
+
+
+@dataclass
+class ReconstructionMetrics:
+    """Reconstruction and sparsity on held-out tokens; ``latent_density`` is ``[d_sae]``."""
+
+    l0: float
+    explained_variance: float
+    mse: float
+    dead_fraction: float
+    n_tokens: int
+    latent_density: torch.Tensor
+
+    def scalars(self) -> dict[str, float]:
+        d = asdict(self)
+        d.pop("latent_density")
+        return d
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    sae: Any, batches: Iterable[torch.Tensor], max_tokens: int | None = None
+) -> ReconstructionMetrics:
+    """Stream ``[n, d]`` activation batches through the SAE; sums kept in float64."""
+    n = 0
+    sq_err = 0.0
+    l0_sum = 0.0
+    sum_x: torch.Tensor | None = None
+    sum_x2 = 0.0
+    fires: torch.Tensor | None = None
+    d = 0
+    for x in batches:
+        if max_tokens is not None:
+            x = x[: max_tokens - n]
+        if x.shape[0] == 0:
+            break
+        feats, recon = _sae_forward(sae, x)
+        xf = x.to(recon.device, torch.float64)
+        d = xf.shape[1]
+        sq_err += (recon.double() - xf).pow(2).sum().item()
+        sum_x = xf.sum(0) if sum_x is None else sum_x + xf.sum(0)
+        sum_x2 += xf.pow(2).sum().item()
+        active = feats != 0
+        l0_sum += active.sum().item()
+        counts = active.sum(0).double().cpu()
+        fires = counts if fires is None else fires + counts
+        n += x.shape[0]
+        if max_tokens is not None and n >= max_tokens:
+            break
+    if n == 0 or sum_x is None or fires is None:
+        raise LirefError("no held-out tokens to evaluate the SAE on")
+    total_var = sum_x2 - (sum_x.pow(2).sum().item() / n)
+    ev = 1.0 - sq_err / total_var if total_var > 0 else float("nan")
+    density = (fires / n).float()
+    return ReconstructionMetrics(
+        l0=l0_sum / n,
+        explained_variance=ev,
+        mse=sq_err / (n * d),
+        dead_fraction=float((fires == 0).double().mean().item()),
+        n_tokens=n,
+        latent_density=density,
+    )
+
+
+@contextmanager
+def splice_block_output(
+    model: nn.Module, layer: int, replace: Any, positions: torch.Tensor | None = None
+) -> Iterator[None]:
+    """While active, block ``layer``'s output ``h [B, T, d]`` becomes ``replace(h)`` at
+    ``positions`` (``[B, T]`` bool; ``None`` = everywhere). ``replace`` maps ``[n, d] -> [n, d]``.
+    """
+    (layer,) = check_layers(model, [layer])
+    block = decoder_layers(model)[layer]
+
+    def hook(_m: nn.Module, _inp: object, output: object) -> object:
+        h = output[0] if isinstance(output, (tuple, list)) else output
+        assert isinstance(h, torch.Tensor)
+        mask = positions.to(h.device) if positions is not None else torch.ones(
+            h.shape[:2], dtype=torch.bool, device=h.device)
+        new = h.clone()
+        new[mask] = replace(h[mask]).to(h.dtype)
+        if isinstance(output, tuple):
+            return (new, *output[1:])
+        if isinstance(output, list):
+            return [new, *output[1:]]
+        return new
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class CELossResult:
+    """Mean next-token losses (nats) and the fraction recovered."""
+
+    ce_loss_clean: float
+    ce_loss_sae: float
+    ce_loss_zero: float
+    ce_loss_recovered: float
+    n_ce_tokens: int
+
+
+def _next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
+                     ) -> tuple[float, int]:
+    """Summed next-token CE over targets that are real tokens, and their count."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    tgt = ids[:, 1:]
+    valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                           reduction="none").view_as(tgt)
+    return float(loss[valid].sum().item()), int(valid.sum().item())
+
+
+@torch.no_grad()
+def ce_loss_recovered(
+    model: nn.Module,
+    sae: Any,
+    layer: int,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    bos_id: int | None = None,
+    drop_bos: bool = True,
+    max_batches: int | None = None,
+) -> CELossResult:
+    """CE loss recovered over ``(input_ids [B, T], attention_mask [B, T])`` batches.
+
+    The SAE / zeros replace the block output at the stream's positions (real tokens; not BOS
+    when ``drop_bos``), i.e. where the SAE was trained.
+    """
+    from probing.token_cache import token_mask
+
+    device = model_device(model)
+    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    count = 0
+
+    def recon(h: torch.Tensor) -> torch.Tensor:
+        return _sae_forward(sae, h)[1]
+
+    for i, (ids, mask) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        ids, mask = ids.to(device), mask.to(device)
+        pos = token_mask(ids, mask, bos_id, drop_bos)
+        loss, n = _next_token_loss(model, ids, mask)
+        totals["clean"] += loss
+        with splice_block_output(model, layer, recon, pos):
+            totals["sae"] += _next_token_loss(model, ids, mask)[0]
+        with splice_block_output(model, layer, torch.zeros_like, pos):
+            totals["zero"] += _next_token_loss(model, ids, mask)[0]
+        count += n
+    if count == 0:
+        raise LirefError("no held-out tokens to compute the CE loss on")
+    clean, sae_l, zero = (totals[k] / count for k in ("clean", "sae", "zero"))
+    denom = zero - clean
+    recovered = (zero - sae_l) / denom if abs(denom) > 1e-12 else float("nan")
+    return CELossResult(clean, sae_l, zero, recovered, count)
+
+
+def plot_latent_density(density: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """Histogram of log10 latent firing density (dead latents counted apart); writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dens = density.double()
+    alive = dens[dens > 0]
+    n_dead = int((dens == 0).sum().item())
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if alive.numel():
+        ax.hist(torch.log10(alive).numpy(), bins=50, color="tab:blue")
+    ax.set_xlabel("log10 firing density on held-out tokens")
+    ax.set_ylabel("latents")
+    ax.set_title(title or f"latent density ({n_dead} dead of {dens.numel()})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
