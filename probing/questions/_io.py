@@ -233,7 +233,7 @@ def load_hub_rows(name: str, config: str | None, split: str) -> list[Row]:
             f"could not load {name!r}{cfg}, split {split!r} from the Hugging Face hub "
             f"({type(e).__name__}: {e}). The hub may be unreachable (no network) or the "
             f"name/split may be wrong; pass a local file instead with path=... "
-            f"(jsonl/json/csv/tsv)"
+            f"(jsonl/json/csv/tsv); HF_HUB_OFFLINE=1 skips the network retries"
         ) from e
     if not rows:
         raise LirefError(f"hub data set {name!r}, split {split!r} is empty")
