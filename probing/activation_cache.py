@@ -211,8 +211,12 @@ def cached_extract(
     spec = _spec(model, prompts, labels, position)
     hit = find_cache(cache_dir, spec, layers)
     if hit is not None:
-        log.info("activation cache hit: %s", hit)
-        return ActivationCache(hit).load(layers)
+        try:
+            cached = ActivationCache(hit).load(layers)
+            log.info("activation cache hit: %s", hit)
+            return cached
+        except LirefError as exc:  # a damaged entry is reported, then repaired below
+            log.warning("activation cache entry unusable, repairing: %s", exc)
     key = fingerprint({**spec, "layers": layers})
     cache = ActivationCache(Path(cache_dir) / "activations" / key)
     with cache.lock():
@@ -233,6 +237,7 @@ def cached_extract(
             except LirefError as exc:
                 log.warning("re-extracting: %s", exc)
         manifest["shards"] = good
+        manifest["complete"] = False
         done = {s["start"] for s in good}
         if done:
             log.info("resuming activation cache %s: %d shards already done", cache.folder,

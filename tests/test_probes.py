@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probing.errors import LirefError
+from probing.probe_eval import evaluate_layers, heldout_splits
+from probing.probes import PROBES, DiffMeanProbe, load_probe, make_probe
+
+
+def _data(n=200, d=16, shift=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.array([0, 1] * (n // 2))
+    x = rng.normal(size=(n, d))
+    x[:, 3] += shift * (2 * y - 1)
+    return x, y
+
+
+@pytest.mark.parametrize("kind", sorted(PROBES))
+def test_probes_learn_a_planted_direction_on_held_out_data(kind):
+    x, y = _data()
+    xt, yt = _data(seed=1)
+    probe = make_probe(kind).fit(x, y)
+    assert probe.score(xt, yt) > 0.85
+    proba = probe.predict_proba(xt)
+    assert proba.shape == (len(yt),) and ((proba >= 0) & (proba <= 1)).all()
+    d = probe.direction
+    assert d.shape == (16,) and d.dtype == torch.float64
+    assert d.norm().item() == pytest.approx(1.0)
+    assert abs(d[3].item()) == d.abs().max().item() and d[3].item() > 0
+
+
+def test_diffmean_threshold_is_midpoint_of_class_projections():
+    x = np.array([[2.0, 0.0], [4.0, 0.0], [0.0, 0.0], [-2.0, 0.0]])
+    y = np.array([1, 1, 0, 0])
+    p = DiffMeanProbe().fit(x, y)
+    assert p.threshold_ == pytest.approx((3.0 + -1.0) / 2)
+    assert p.predict(np.array([[1.1, 5.0], [0.9, -5.0]])).tolist() == [1, 0]
+
+
+def test_sparse_topk_keeps_k_features():
+    x, y = _data()
+    p = make_probe("sparse", k=2).fit(x, y)
+    assert p.n_nonzero == 2 and p.coef_[3] != 0
+
+
+@pytest.mark.parametrize("kind", sorted(PROBES))
+def test_save_load_round_trip(kind, tmp_path):
+    x, y = _data()
+    probe = make_probe(kind, layer=4, metadata={"model": "tiny", "position": "last"}).fit(x, y)
+    probe.save(tmp_path / "p")
+    loaded = load_probe(tmp_path / "p")
+    assert type(loaded) is type(probe)
+    assert loaded.layer == 4 and loaded.metadata["model"] == "tiny"
+    np.testing.assert_allclose(loaded.predict_proba(x), probe.predict_proba(x))
+    torch.testing.assert_close(loaded.direction, probe.direction)
+    assert not list((tmp_path / "p").glob("*.pkl"))
+
+
+def test_probe_on_other_width_is_a_clear_error(tmp_path):
+    x, y = _data(d=16)
+    make_probe("diffmean", layer=1, metadata={"model": "tiny"}).fit(x, y).save(tmp_path / "p")
+    probe = load_probe(tmp_path / "p")
+    with pytest.raises(LirefError, match="width 16 .* got width 8"):
+        probe.predict_proba(np.zeros((2, 8)))
+
+
+def test_corrupted_probe_files(tmp_path):
+    x, y = _data()
+    make_probe("logistic").fit(x, y).save(tmp_path / "p")
+    (tmp_path / "p" / "probe.safetensors").write_bytes(b"garbage")
+    with pytest.raises(LirefError, match="cannot be read"):
+        load_probe(tmp_path / "p")
+    with pytest.raises(LirefError, match="file not found"):
+        load_probe(tmp_path / "missing")
+
+
+def test_unknown_probe_and_bad_params():
+    with pytest.raises(LirefError, match="unknown probe kind 'svm'"):
+        make_probe("svm")
+    with pytest.raises(LirefError, match="C must be > 0"):
+        make_probe("logistic", C=0)
+
+
+def test_one_class_fit_is_rejected():
+    with pytest.raises(LirefError, match="one-class"):
+        make_probe("logistic").fit(np.ones((4, 3)), [1, 1, 1, 1])
+
+
+def test_evaluate_layers_is_held_out():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 60)
+    informative = rng.normal(size=(120, 8)) + 1.2 * (2 * y - 1)[:, None] * np.eye(8)[0]
+    noise = rng.normal(size=(120, 8))
+    acts = torch.tensor(np.stack([noise, informative], 1))
+    rows = evaluate_layers(acts, y, [5, 7], "diffmean", k_folds=4)
+    assert [r["layer"] for r in rows] == [5, 7]
+    assert rows[1]["accuracy"] > 0.8 and rows[1]["auroc"] > 0.85
+    assert 0.3 < rows[0]["accuracy"] < 0.7  # noise: near chance held-out
+    assert rows[0]["train_accuracy"] > rows[0]["accuracy"]  # overfits train, not test
+    assert -1.0 <= rows[1]["cos_logistic_diffmean"] <= 1.0
+
+
+def test_heldout_splits_are_disjoint_and_stratified():
+    y = np.array([0] * 30 + [1] * 10)
+    ((tr, te),) = heldout_splits(y, test_size=0.25, seed=0)
+    assert not set(tr) & set(te) and len(tr) + len(te) == 40
+    assert y[te].sum() == 2 or y[te].sum() == 3
+    with pytest.raises(LirefError, match="k_folds=20 needs at least 20 examples per class"):
+        heldout_splits(y, k_folds=20)
