@@ -1,0 +1,1 @@
+"""Timed comparisons (ratios against a baseline run in the same process); never used by tests."""
