@@ -82,3 +82,25 @@ def test_bad_position_and_empty_prompts(tiny_llama):
         extract_activations(model, tok, PROMPTS, position="first")
     with pytest.raises(LirefError, match="no prompts"):
         extract_activations(model, tok, [])
+
+
+def test_extraction_sees_an_active_intervention_hook(tiny_llama):
+    """Our own block hooks read the residual stream after another hook (e.g. steering) edits it."""
+    model, tok = tiny_llama
+    clean = extract_activations(model, tok, PROMPTS, layers=[0, 1], progress=False)
+    shift = torch.zeros(model.config.hidden_size)
+    shift[5] = 10.0
+
+    def add(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (output[0] + shift, *output[1:])
+        return output + shift
+
+    handle = decoder_layers(model)[0].register_forward_hook(add)
+    try:
+        steered = extract_activations(model, tok, PROMPTS, layers=[0, 1], progress=False)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(steered[:, 0] - clean[:, 0], shift.expand(len(PROMPTS), -1),
+                               atol=1e-4, rtol=0)
+    assert not torch.allclose(steered[:, 1], clean[:, 1])  # the edit propagates downstream
