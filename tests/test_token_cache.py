@@ -1,0 +1,208 @@
+"""Token-activation cache: contents, reuse, corruption detection, locking, batching."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from probing.errors import LirefError
+from probing.hooks import forward_residual
+from probing.models import decoder_layers
+from probing.token_cache import (
+    MANIFEST_FILENAME,
+    TokenActivationCache,
+    TokenStreamConfig,
+    activation_batches,
+    cache_key,
+    get_or_build_token_cache,
+    iter_residual_tokens,
+    model_fingerprint,
+    text_batches,
+    token_chunks,
+)
+from tests.tiny_models import PROMPTS
+
+TEXTS = PROMPTS * 6 + ["the capital city of red is blue . " * 12]  # one long document
+
+
+class ForwardCounter:
+    """Counts forward passes through decoder block 0 (every forward reaches it)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.n = 0
+        self.handle = decoder_layers(model)[0].register_forward_hook(self._hook)
+
+    def _hook(self, *_: object) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def bos_tok(tiny_llama):
+    """The tiny tokenizer, made to prepend BOS like most real LM tokenizers."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tiny_llama[1])
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    assert tok("Q: what")["input_ids"][0] == tok.bos_token_id
+    return tok
+
+
+def _stream(**kw: object) -> TokenStreamConfig:
+    return TokenStreamConfig(**{"layer": 1, "context_size": 16, "batch_size": 4,
+                                "shard_tokens": 40, **kw})  # type: ignore[arg-type]
+
+
+def test_chunks_split_long_documents_and_keep_bos(bos_tok):
+    chunks = list(token_chunks(bos_tok, TEXTS, 16))
+    assert all(1 < len(c) <= 16 for c in chunks)
+    ids = bos_tok(TEXTS[-1])["input_ids"]
+    assert len(ids) > 32  # the long document is split into several windows...
+    assert len(chunks) > len(TEXTS)
+    assert all(c[0] == bos_tok.bos_token_id for c in chunks)  # ...each starting with BOS
+    assert sum(len(c) - 1 for c in chunks) == sum(len(bos_tok(t)["input_ids"]) - 1 for t in TEXTS)
+
+
+def test_stream_drops_padding_and_bos(tiny_llama, bos_tok):
+    model, tok = tiny_llama[0], bos_tok
+    stream = _stream(drop_bos=True)
+    got = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, stream)))
+    expected = []
+    for ids, mask in text_batches(tok, TEXTS, 16, 4):
+        acts = forward_residual(model, ids, mask, [1])[1]
+        keep = mask.bool() & (ids != tok.bos_token_id)
+        expected.append(acts[keep])
+    assert torch.equal(got, torch.cat(expected))
+    n_real = sum(len(c) for c in token_chunks(tok, TEXTS, 16))
+    with_bos = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, _stream(drop_bos=False))))
+    assert with_bos.shape[0] == n_real == got.shape[0] + len(list(token_chunks(tok, TEXTS, 16)))
+
+
+def test_cache_manifest_contents_and_shards(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    cache, built = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp123",
+                                            {"source": "texts"})
+    assert built
+    m = cache.manifest
+    assert (m.layer, m.corpus_fingerprint, m.dtype, m.d_model) == (1, "fp123", "float32", 32)
+    assert m.model_fingerprint == model_fingerprint(model) and m.model_id
+    assert len(cache) > 1 and all(s.n_tokens <= 40 for s in m.shards)  # bounded shards
+    streamed = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, _stream())))
+    assert m.n_tokens == streamed.shape[0]
+    assert torch.equal(cache.read_all(), streamed)
+    on_disk = json.loads((cache.path / MANIFEST_FILENAME).read_text())
+    assert on_disk["n_tokens"] == m.n_tokens and on_disk["shards"][0]["sha256"]
+    assert not list(tmp_path.glob(".*partial*"))  # built under a temp name, renamed into place
+
+
+def test_second_call_reuses_the_cache_without_forward_passes(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    counter = ForwardCounter(model)
+    try:
+        first, built1 = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+        n_first = counter.n
+        second, built2 = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+    finally:
+        counter.close()
+    assert built1 and not built2 and n_first > 0
+    assert counter.n == n_first  # no forward pass for the second call
+    assert second.path == first.path
+    # other layer / corpus / max_tokens -> other folder; shard size and batch size do not matter
+    assert cache_key("m", "c", _stream()) != cache_key("m", "c", _stream(layer=2))
+    assert cache_key("m", "c", _stream()) != cache_key("m", "d", _stream())
+    assert cache_key("m", "c", _stream()) != cache_key("m", "c", _stream(max_tokens=10))
+    assert cache_key("m", "c", _stream()) == cache_key("m", "c", _stream(shard_tokens=7,
+                                                                         batch_size=2))
+
+
+def test_corrupted_and_truncated_shards_raise_naming_the_file(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    cache, _ = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+    shard = cache.path / cache.manifest.shards[1].file
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # same size, one flipped byte in the tensor data
+    shard.write_bytes(bytes(data))
+    with pytest.raises(LirefError, match=f"{shard.name}.*checksum"):
+        list(TokenActivationCache(cache.path).iter_shards())
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(LirefError, match=f"{shard.name}.*truncated"):
+        TokenActivationCache(cache.path).verify()
+    shard.unlink()
+    with pytest.raises(LirefError, match=f"{shard.name}.*missing"):
+        TokenActivationCache(cache.path).load_shard(1)
+
+
+def test_corrupted_manifest_raises_and_incomplete_folder_is_rebuilt(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    cache, _ = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+    manifest = cache.path / MANIFEST_FILENAME
+    manifest.write_text(manifest.read_text()[:50])
+    with pytest.raises(LirefError, match="manifest.json"):
+        TokenActivationCache(cache.path)
+    manifest.unlink()  # a folder without manifest = an interrupted build: rebuilt, not trusted
+    again, built = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+    assert built and again.path == cache.path and again.n_tokens == cache.n_tokens
+
+
+def test_parallel_builders_build_once(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    results: list[tuple[Path, bool]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            c, built = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+            c.verify()
+            results.append((c.path, built))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(b for _, b in results) == [False, False, True]
+    assert len({p for p, _ in results}) == 1
+
+
+def test_activation_batches_shuffle_cover_and_repeat():
+    data = torch.arange(1000, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
+
+    def chunks(_epoch: int):
+        return iter(data.split(77))
+
+    one_epoch = list(activation_batches(chunks, 64, buffer_tokens=200, seed=0, epochs=1))
+    assert all(b.shape == (64, 3) for b in one_epoch[:-1])
+    seen = torch.cat(one_epoch)[:, 0]
+    assert torch.equal(seen.sort().values, data[:, 0])  # every token exactly once
+    assert not torch.equal(seen, data[:, 0])  # shuffled
+    again = torch.cat(list(activation_batches(chunks, 64, buffer_tokens=200, seed=0, epochs=1)))
+    assert torch.equal(again[:, 0], seen)  # seeded
+    forever = activation_batches(chunks, 64, buffer_tokens=200, seed=0)
+    assert all(next(forever).shape == (64, 3) for _ in range(40))  # > 2 epochs, exact sizes
+
+
+def test_empty_source_and_bad_settings_raise():
+    with pytest.raises(LirefError, match="empty"):
+        next(activation_batches(lambda _e: iter([]), 8))
+    with pytest.raises(LirefError, match="context_size"):
+        TokenStreamConfig(layer=0, context_size=1)
+    with pytest.raises(LirefError, match="dtype"):
+        TokenStreamConfig(layer=0, dtype="int3")
+
+
+def test_layer_out_of_range_raises(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    with pytest.raises(LirefError, match="out of range"):
+        get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(layer=7), "fp")
