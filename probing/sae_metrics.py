@@ -128,7 +128,7 @@ def splice_block_output(
         mask = positions.to(h.device) if positions is not None else torch.ones(
             h.shape[:2], dtype=torch.bool, device=h.device)
         new = h.clone()
-        new[mask] = replace(h[mask]).to(h.dtype)
+        new[mask] = replace(h[mask]).to(h.device, h.dtype)
         if isinstance(output, tuple):
             return (new, *output[1:])
         if isinstance(output, list):

@@ -206,3 +206,38 @@ def test_layer_out_of_range_raises(tiny_llama, tmp_path):
     model, tok = tiny_llama
     with pytest.raises(LirefError, match="out of range"):
         get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(layer=7), "fp")
+
+
+def test_corpus_sources(tmp_path, monkeypatch):
+    from probing.corpus import PROMPT_TEMPLATE, load_corpus
+    from tests.job_fixtures import write_questions
+
+    txt = tmp_path / "c.txt"
+    txt.write_text("first document\n\nsecond document\n")
+    c = load_corpus("file", path=str(txt))
+    assert c.texts == ["first document", "second document"]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text('{"body": "a"}\n{"body": "b"}\n')
+    assert load_corpus("file", path=str(jl), text_field="body").texts == ["a", "b"]
+    with pytest.raises(LirefError, match="no field 'text'"):
+        load_corpus("file", path=str(jl))
+    with pytest.raises(LirefError, match="not found"):
+        load_corpus("file", path=str(tmp_path / "nope.txt"))
+    qs = write_questions(tmp_path / "q.jsonl", n_per_label=3)
+    both = load_corpus("file", path=str(txt), question_sets=[{"name": "jsonl", "path": str(qs)}])
+    assert len(both) == 2 + 6 and both.texts[2].startswith("Q: ") and both.texts[2].endswith(
+        "\nA: ")
+    assert PROMPT_TEMPLATE == "Q: {question}\nA: "
+    assert both.fingerprint != c.fingerprint
+    organism = load_corpus("organism", max_texts=50)
+    assert len(organism) == 50 and all(t.startswith("Q: ") for t in organism.texts)
+    assert organism.fingerprint == load_corpus("organism", max_texts=50).fingerprint
+    train, held = organism.split(10, seed=0)
+    assert len(train) == 40 and len(held) == 10
+    assert sorted(train.texts + held.texts) == sorted(organism.texts)  # a partition
+    assert train.fingerprint != held.fingerprint
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LirefError, match="cannot load HF data set"):
+        load_corpus("hf", name="liref-test/no-such-dataset")
+    with pytest.raises(LirefError, match="unknown corpus source"):
+        load_corpus("web")
