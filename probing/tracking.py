@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,13 +179,18 @@ class Tracker:
             self._fail("artifact", exc)
 
     def finish(self, exit_code: int = 0) -> None:
+        """End the run; an offline run's folder is complete (readable) when this returns."""
         if self.run is None:
             return
         try:
             self.run.finish(exit_code=exit_code)
         except Exception as exc:  # noqa: BLE001
             log.warning("wandb finish failed (%s)", exc)
+            self.run = None
+            return
         self.run = None
+        if self.mode == "offline" and self.run_dir is not None:
+            _wait_for_exit_record(self.run_dir)
 
     def __enter__(self) -> Tracker:
         return self.start()
@@ -213,6 +219,7 @@ def _artifact_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:128]
 
 
+FLUSH_TIMEOUT_S = 30.0  # how long ``Tracker.finish`` waits for wandb to flush an offline run
 _BLOCK = 32768
 _HEADER = 7  # crc32 (4) + length (2) + type (1); the file starts with ":W&B" + magic + version
 
@@ -245,6 +252,38 @@ def _records(path: Path) -> Iterator[bytes]:
             pending = b""
 
 
+def _has_exit_record(folder: Path) -> bool:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    for path in folder.glob("*.wandb"):
+        for blob in _records(path):
+            rec = pb.Record()
+            rec.ParseFromString(blob)
+            if rec.WhichOneof("record_type") == "exit":
+                return True
+    return False
+
+
+def _wait_for_exit_record(folder: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+    """Wait until the run's ``.wandb`` log holds its exit record.
+
+    ``wandb.Run.finish()`` can return before wandb's service process has flushed the log (seen
+    with wandb 0.31: right after ``finish`` the file sometimes held only its 7-byte header), so
+    a reader in the same process (a notebook, a test) would find an empty run.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if _has_exit_record(folder):
+                return
+        except Exception:  # noqa: BLE001 - a half-written log; look again
+            pass
+        if time.monotonic() > deadline:
+            log.warning("wandb run log in %s still incomplete after %.0f s", folder, timeout_s)
+            return
+        time.sleep(0.05)
+
+
 def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
     """What an offline wandb run recorded, without syncing it.
 
@@ -252,7 +291,8 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
         run_folder: a ``wandb/offline-run-*`` folder (or any folder holding one ``*.wandb``).
 
     Returns:
-        ``{"summary": {key: value}, "history": [{key: value}, ...], "config": {key: value}}``.
+        ``{"summary": {key: value}, "history": [{key: value}, ...], "config": {key: value},
+        "run": {"id", "name", "group", "job_type", "project", "entity", "tags"}}``.
     """
     import json
 
@@ -264,7 +304,7 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
         from probing.errors import LirefError
 
         raise LirefError(f"no .wandb file in {folder}")
-    out: dict[str, Any] = {"summary": {}, "history": [], "config": {}}
+    out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "run": {}}
 
     def key(item: Any) -> str:
         return item.key or "/".join(item.nested_key)
@@ -278,7 +318,12 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
                 out["summary"][key(item)] = json.loads(item.value_json)
         elif kind == "history":
             out["history"].append({key(i): json.loads(i.value_json) for i in rec.history.item})
-        elif kind in ("config", "run"):
+        if kind == "run" and rec.run.run_id:
+            r = rec.run
+            out["run"] = {"id": r.run_id, "name": r.display_name, "group": r.run_group,
+                          "job_type": r.job_type, "project": r.project, "entity": r.entity,
+                          "tags": list(r.tags)}
+        if kind in ("config", "run"):
             updates = rec.config.update if kind == "config" else rec.run.config.update
             for item in updates:
                 out["config"][key(item)] = json.loads(item.value_json)
