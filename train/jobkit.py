@@ -65,7 +65,8 @@ def _names(job: str, run_dir: Path) -> tuple[str, str]:
             return f"{job}:{overrides}", f"{job}-sweep-{sweep}"
     except ValueError:
         pass
-    return f"{job}-{run_dir.parent.name}-{run_dir.name}", job
+    parent = "" if run_dir.parent.name == job else f"{run_dir.parent.name}-"
+    return f"{job}-{parent}{run_dir.name}", job
 
 
 def make_tracker(cfg: DictConfig, job: str, run_dir: Path) -> Tracker:
@@ -98,8 +99,9 @@ def run_job(cfg: DictConfig, job: str, body: Callable[[JobContext], Mapping[str,
         tracker.finish(0)
     except LirefError as exc:
         tracker.finish(1)
-        log.error("%s failed: %s", job, exc)
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even when a library's text had several
+        log.error("%s failed: %s", job, message)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except BaseException:
         tracker.finish(1)

@@ -1,0 +1,410 @@
+"""End-to-end tests of the Hydra jobs ``train.extract`` and ``train.probe`` on a tiny model.
+
+One tiny Llama, one question file and one activation cache are shared by the whole module:
+``train.extract`` fills the cache, ``train.probe`` must then reuse it. Jobs run as real
+subprocesses (``python -m ...``) where the command line is the subject (outputs, sweeps,
+launchers, wandb); the bad-input cases call the same Hydra entry points in-process (faster:
+no interpreter start-up) and check the exit code and the one ``error:`` line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from probing.activation_cache import ActivationCache
+from probing.errors import LirefError
+from probing.probes import load_probe
+from probing.tracking import read_offline_run
+from tests.job_fixtures import REPO, run_module, write_questions
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LAYERS = "layers=[0,2]"
+
+
+@dataclass
+class Work:
+    root: Path
+    model: Path
+    questions: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def common(self) -> list[str]:
+        return ["model=local", f"model.name={self.model}", "data=local_file",
+                f"data.sets.0.path={self.questions}"]
+
+
+def _ok(proc) -> None:
+    assert proc.returncode == 0, f"job failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _only_run_dir(parent: Path) -> Path:
+    runs = sorted(p for p in parent.iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _cache_entries(work: Work) -> list[Path]:
+    root = work.cache / "activations"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _snapshot(paths: list[Path]) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+def _sweep_jobs(work: Work, job: str) -> list[Path]:
+    sweep = _only_run_dir(work.root / "multirun" / job)
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _offline_run(run_dir: Path) -> dict:
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return read_offline_run(runs[0])
+
+
+# --- shared fixtures -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[str], Path]) -> Work:
+    root = tmp_path_factory.mktemp("jobs")
+    return Work(root=root, model=tiny_model_dir("llama"),
+                questions=write_questions(root / "questions.jsonl", n_per_label=16))
+
+
+@pytest.fixture(scope="module")
+def extracted(work: Work) -> Path:
+    """``train.extract layers=[0,2]``: its run dir (the cache is filled as a side effect)."""
+    proc = run_module("train.extract", *work.common(), LAYERS, "logger=disabled", cwd=work.root)
+    _ok(proc)
+    return _only_run_dir(work.root / "outputs" / "extract")
+
+
+@dataclass
+class Probed:
+    run_dir: Path
+    output: str
+    cache_before: list[Path]
+    manifests_before: dict[Path, tuple[int, bytes]]
+
+
+@pytest.fixture(scope="module")
+def probed(work: Work, extracted: Path) -> Probed:
+    """``train.probe`` on the same model/data/layers as ``extracted``, logging to wandb offline."""
+    entries = _cache_entries(work)
+    manifests = _snapshot([e / "manifest.json" for e in entries])
+    proc = run_module("train.probe", *work.common(), LAYERS, "logger=offline", cwd=work.root)
+    _ok(proc)
+    return Probed(_only_run_dir(work.root / "outputs" / "probe"), proc.stdout + proc.stderr,
+                  entries, manifests)
+
+
+# --- 1. extract fills the cache; probe reuses it ---------------------------------------------
+def test_extract_writes_activations_and_fills_cache(work: Work, extracted: Path) -> None:
+    metrics = json.loads((extracted / "metrics.json").read_text())
+    assert metrics["n_questions"] == 32
+    assert metrics["n_layers"] == 2
+    assert metrics["d_model"] == 32
+    assert metrics["n_reasoning"] == metrics["n_memory"] == 16
+    info = json.loads((extracted / "activations.json").read_text())
+    assert info["layers"] == [0, 2]
+    assert info["shape"] == [32, 2, 32]
+    assert info["position"] == "last"
+    assert info["model"] == str(work.model)
+    # the cache entry the job names is complete and loads with the right shape
+    entry = Path(info["cache"])
+    assert entry in _cache_entries(work)
+    cached = ActivationCache(entry).load()
+    assert tuple(cached.acts.shape) == (32, 2, 32)
+    assert cached.layers == [0, 2]
+    assert sorted(set(cached.labels)) == ["memory", "reasoning"]
+
+
+def test_probe_reuses_the_extract_cache(work: Work, probed: Probed) -> None:
+    assert len(probed.cache_before) == 1
+    assert _cache_entries(work) == probed.cache_before  # no new entry
+    assert _snapshot(list(probed.manifests_before)) == probed.manifests_before  # not rewritten
+    assert "activation cache hit" in probed.output
+    assert "activation cache hit" in (probed.run_dir / "probe.log").read_text()
+
+
+# --- 2. probe outputs -------------------------------------------------------------------------
+def test_probe_writes_metrics_per_layer_and_plots(probed: Probed) -> None:
+    run = probed.run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_layer"] in (0, 2)
+    assert metrics["n_questions"] == 32
+    for key in ("best/accuracy", "best/auroc", "layer_00/accuracy", "layer_00/auroc",
+                "layer_02/accuracy", "layer_02/auroc"):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
+    assert not any(k.startswith("layer_01/") for k in metrics)  # only the requested layers
+    best = metrics["best_layer"]
+    assert metrics["best/auroc"] == metrics[f"layer_{best:02d}/auroc"]
+    assert metrics["best/auroc"] == max(metrics["layer_00/auroc"], metrics["layer_02/auroc"])
+    per_layer = json.loads((run / "per_layer.json").read_text())
+    assert [row["layer"] for row in per_layer] == [0, 2]
+    for png in (run / "probe_layers.png", run / f"pca_layer_{best:02d}.png"):
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, png
+    assert (run / "directions" / "directions.safetensors").is_file()
+    for layer in (0, 2):
+        assert load_probe(run / "probes" / f"layer_{layer:02d}").layer == layer
+
+
+def test_saved_best_probe_loads_and_predicts(work: Work, probed: Probed) -> None:
+    run = probed.run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    probe = load_probe(run / "probe")
+    best = metrics["best_layer"]
+    assert probe.layer == best
+    direction = probe.direction
+    assert isinstance(direction, torch.Tensor) and direction.shape == (32,)
+    assert torch.linalg.vector_norm(direction).item() == pytest.approx(1.0, abs=1e-9)
+    meta = probe.metadata
+    assert meta["model"] == str(work.model)
+    assert meta["position"] == "last"
+    assert meta["data"] == "local_file"
+    assert meta["probe"] == "diffmean"
+    assert meta["layer"] == best
+    assert meta["metrics"]["auroc"] == metrics["best/auroc"]
+    assert meta["metrics"]["accuracy"] == metrics["best/accuracy"]
+    # it scores the cached activations it was trained on
+    (entry,) = probed.cache_before
+    cached = ActivationCache(entry).load([best])
+    proba = probe.predict_proba(cached.layer(best))
+    assert proba.shape == (32,)
+    assert np.all((proba >= 0) & (proba <= 1))
+    y = np.array([1 if label == "reasoning" else 0 for label in cached.labels])
+    assert probe.score(cached.layer(best), y) >= 0.75
+
+
+def test_probe_refuses_activations_of_another_width(probed: Probed) -> None:
+    probe = load_probe(probed.run_dir / "probe")
+    with pytest.raises(LirefError, match=r"width 32.*got width 16"):
+        probe.predict_proba(np.zeros((3, 16)))
+
+
+# --- 4. wandb offline --------------------------------------------------------------------------
+def test_offline_wandb_run_holds_metrics_and_config(work: Work, probed: Probed) -> None:
+    metrics = json.loads((probed.run_dir / "metrics.json").read_text())
+    rec = _offline_run(probed.run_dir)
+    summary = rec["summary"]
+    for key in ("best_layer", "best/accuracy", "best/auroc", "layer_00/accuracy",
+                "layer_02/auroc"):
+        assert summary[key] == metrics[key], key
+    layers_logged = {row["probe/layer"] for row in rec["history"] if "probe/accuracy" in row}
+    assert layers_logged == {0, 2}
+    assert summary["probe/per_layer/_type"] == "table-file"
+    assert summary["probe/plot_layers/_type"] == "image-file"
+    config = rec["config"]
+    assert config["seed"] == 0
+    assert config["probe"]["kind"] == "diffmean"
+    assert config["layers"] == [0, 2]
+    assert config["model"]["name"] == str(work.model)
+    assert config["logger"]["mode"] == "offline"
+    run = rec["run"]
+    assert run["group"] == "probe"
+    assert run["job_type"] == "probe"
+    assert run["name"] == f"probe-{probed.run_dir.name}"
+    assert run["project"] == "liref"
+
+
+def _write_wandb_breaker(folder: Path) -> Path:
+    """A ``sitecustomize`` that makes every ``wandb.init`` raise (as without an account)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(textwrap.dedent("""
+        import wandb
+
+        def _broken_init(*args, **kwargs):
+            raise RuntimeError("wandb is broken on purpose (test)")
+
+        wandb.init = _broken_init
+    """))
+    return folder
+
+
+def test_job_survives_wandb_init_failure(work: Work, extracted: Path) -> None:
+    shim = _write_wandb_breaker(work.root / "shim")
+    out = work.root / "wandb_broken"
+    proc = run_module("train.extract", *work.common(), LAYERS, "logger=offline",
+                      f"hydra.run.dir={out}", cwd=work.root,
+                      env={"PYTHONPATH": f"{shim}:{REPO}"})
+    _ok(proc)
+    text = proc.stdout + proc.stderr
+    assert "wandb init failed" in text and "broken on purpose" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_layers"] == 2 and metrics["n_questions"] == 32
+    assert not list(out.glob("wandb/offline-run-*"))
+
+
+# --- 3. multirun sweeps and launchers --------------------------------------------------------
+def _check_sweep(work: Work, jobs: list[Path]) -> None:
+    assert len(jobs) == 2, jobs
+    kinds = set()
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert 0.0 <= metrics["best/accuracy"] <= 1.0
+        kinds.add(load_probe(job / "probe").kind)
+    assert kinds == {"diffmean", "logistic"}
+
+
+def test_multirun_sweep_with_wandb_groups(work: Work, extracted: Path) -> None:
+    proc = run_module("train.probe", "-m", "probe=diffmean,logistic", *work.common(), LAYERS,
+                      "logger=offline", cwd=work.root)
+    _ok(proc)
+    jobs = _sweep_jobs(work, "probe")
+    _check_sweep(work, jobs)
+    runs = {}
+    for job in jobs:
+        rec = _offline_run(job)
+        kind = rec["config"]["probe"]["kind"]
+        assert load_probe(job / "probe").kind == kind
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert rec["summary"]["best/auroc"] == metrics["best/auroc"]
+        runs[kind] = rec["run"]
+    sweep_name = jobs[0].parent.name
+    assert {r["group"] for r in runs.values()} == {f"probe-sweep-{sweep_name}"}
+    for kind, run in runs.items():
+        assert run["name"].startswith("probe:") and f"probe={kind}" in run["name"]
+    assert len({r["id"] for r in runs.values()}) == 2
+
+
+def test_multirun_local_parallel_launcher(work: Work, extracted: Path) -> None:
+    root = work.root / "joblib"
+    root.mkdir()
+    proc = run_module("train.probe", "-m", "hydra/launcher=local_parallel",
+                      "probe=diffmean,logistic", *work.common(), LAYERS, "logger=disabled",
+                      f"hydra.sweep.dir={root}/sweep", cwd=work.root)
+    _ok(proc)
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    _check_sweep(work, sorted(p for p in (root / "sweep").iterdir() if p.is_dir()))
+
+
+def test_multirun_submitit_local_launcher(work: Work, extracted: Path) -> None:
+    root = work.root / "submitit"
+    root.mkdir()
+    proc = run_module("train.probe", "-m", "hydra/launcher=submitit_local_run",
+                      "probe=diffmean,logistic", *work.common(), LAYERS, "logger=disabled",
+                      f"hydra.sweep.dir={root}/sweep", cwd=work.root)
+    _ok(proc)
+    assert "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
+    sweep = root / "sweep"
+    assert (sweep / ".submitit").is_dir()
+    _check_sweep(work, sorted(p for p in sweep.iterdir()
+                              if p.is_dir() and not p.name.startswith(".")))
+
+
+# --- 5. bad input: one clear error, exit 2, nothing lost ---------------------------------------
+def _run_in_process(module: str, overrides: list[str], work: Work,
+                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                    ) -> tuple[int, str]:
+    """Call the job's ``@hydra.main`` entry point with ``overrides``; ``(exit code, stderr)``."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    monkeypatch.chdir(work.root)
+    monkeypatch.setenv("LIREF_CACHE", str(work.cache))
+    monkeypatch.setattr(sys, "argv", [module, *overrides])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:  # Hydra configures the root logger for its job; give pytest's back
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+    return int(exc.value.code), capsys.readouterr().err
+
+
+def _write_bad_files(folder: Path, good: Path) -> None:
+    rows = [json.loads(line) for line in good.read_text().splitlines()]
+    (folder / "empty.jsonl").write_text("")
+    (folder / "one_class.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["label"] == "reasoning"))
+    (folder / "no_label.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in rows))
+    lines = [json.dumps(r) for r in rows]
+    lines[4] = '{"id": "broken", "question": '
+    (folder / "malformed.jsonl").write_text("\n".join(lines) + "\n")
+
+
+BAD_INPUTS = {
+    # case: (overrides replacing model.name / data path / layers, words the message must hold)
+    "missing_model_dir": (["model.name=/no/such/dir"],
+                          ["'/no/such/dir'", "does not exist", "save_pretrained", "Hub"]),
+    "unknown_hub_model": (["model.name=liref-no-such-org/no-such-model"],
+                          ["'liref-no-such-org/no-such-model'", "Hub", "save_pretrained"]),
+    "layer_out_of_range": (["layers=[99]"], ["layer 99", "0..2"]),
+    "empty_data": (["data.sets.0.path=bad/empty.jsonl"], ["bad/empty.jsonl", "empty"]),
+    "one_class": (["data.sets.0.path=bad/one_class.jsonl"],
+                  ["one-class", "'reasoning'", "memory"]),
+    "missing_column": (["data.sets.0.path=bad/no_label.jsonl"],
+                       ["'label'", "no_label.jsonl", "columns present"]),
+    "malformed_json": (["data.sets.0.path=bad/malformed.jsonl"],
+                       ["malformed JSON", "malformed.jsonl", "line 5"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_error_and_loses_nothing(
+    case: str, work: Work, probed: Probed, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = work.root / "bad"
+    if not bad.is_dir():
+        bad.mkdir()
+        _write_bad_files(bad, work.questions)
+    overrides, words = BAD_INPUTS[case]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    keep = [*probed.manifests_before, probed.run_dir / "metrics.json",
+            probed.run_dir / "probe" / "probe.json", probed.run_dir / "probe" / "probe.safetensors"]
+    before = _snapshot(keep)
+    out = work.root / "failed" / case
+    args = [*work.common(), LAYERS, "logger=disabled", f"hydra.run.dir={out}", *overrides]
+    code, stderr = _run_in_process("train.probe", args, work, monkeypatch, capsys)
+    assert code == 2
+    errors = _error_lines(stderr)
+    assert len(errors) == 1, stderr
+    assert stderr.rstrip().splitlines()[-1] == errors[0], stderr  # the message is one line
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    assert "Traceback" not in stderr
+    assert not (out / "metrics.json").exists()
+    assert _snapshot(keep) == before  # the earlier run and the cache entry are untouched
+
+
+def test_cli_error_exit_code_and_earlier_outputs_intact(work: Work, probed: Probed) -> None:
+    """The real command line: exit status 2, one ``error:`` line; earlier results still load."""
+    proc = run_module("train.extract", *work.common(), "layers=[99]", "logger=disabled",
+                      f"hydra.run.dir={work.root}/failed/cli", cwd=work.root)
+    assert proc.returncode == 2, proc.stderr
+    errors = _error_lines(proc.stderr)
+    assert len(errors) == 1 and "layer 99" in errors[0] and "0..2" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    (entry,) = probed.cache_before
+    assert tuple(ActivationCache(entry).load().acts.shape) == (32, 2, 32)
+    assert load_probe(probed.run_dir / "probe").layer is not None
+    assert json.loads((probed.run_dir / "metrics.json").read_text())["best_layer"] in (0, 2)
