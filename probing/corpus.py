@@ -143,23 +143,21 @@ def _load_hf(name: str, config_name: str | None, split: str, text_field: str,
 
 
 def _organism_config(checkpoint: Path) -> Any:
-    """The ``OrganismConfig`` a checkpoint was trained with (defaults when it is not recorded)."""
+    """The ``OrganismConfig`` a checkpoint was trained with (defaults when it has none)."""
     from probing.organism.config import OrganismConfig
 
-    for name in ("organism.json", "organism_config.json"):
-        f = checkpoint / name
-        if f.is_file():
-            from probing.io import read_json
+    if (checkpoint / "organism.json").is_file():
+        from probing.organism.training import load_organism_config
 
-            d = read_json(f)
-            return OrganismConfig.from_dict(d.get("organism", d) if isinstance(d, dict) else d)
+        return load_organism_config(checkpoint)
     return OrganismConfig()
 
 
 def _organism_texts(n_texts: int | None, seed: int, checkpoint: str | Path | None = None
                     ) -> list[str]:
-    """``n_texts`` training lines of the organism's corpus (``"Q: ...\nA: answer"``), drawn
-    from its training streams with the checkpoint's mix; ``seed`` seeds the draw only."""
+    """``n_texts`` training sequences of the organism (``"Q: ...\nA: answer\n"``, one item
+    each, as it was trained), drawn from its training streams with the checkpoint's mix;
+    ``seed`` seeds the draw only (the language is the checkpoint's)."""
     import random
 
     try:
@@ -168,9 +166,6 @@ def _organism_texts(n_texts: int | None, seed: int, checkpoint: str | Path | Non
     except ImportError as exc:
         raise LirefError("the model organism's corpus generator (probing.organism.corpus) is not "
                          "available; use corpus.source=file|hf|questions") from exc
-    fn = getattr(oc, "training_texts", None)
-    if fn is not None:  # the organism's own generator, when it provides one
-        return list(fn(n_texts, seed))
     ocfg = _organism_config(Path(checkpoint or DEFAULT_CHECKPOINT))
     corpus = oc.Corpus(ocfg.corpus, seed=ocfg.seed)
     mix = {k: float(v) for k, v in ocfg.train.mix.items() if float(v) > 0}
@@ -180,7 +175,7 @@ def _organism_texts(n_texts: int | None, seed: int, checkpoint: str | Path | Non
     texts = []
     for _ in range(n):
         item = corpus.sample_train(rng, rng.choices(streams, weights)[0])
-        texts.append(oc.format_text(item.question, item.answer))
+        texts.append(oc.format_text(item.question, item.answer) + "\n")
     return texts
 
 

@@ -33,12 +33,21 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ARCHITECTURES",
     "LIREF_SAE_FILENAME",
+    "SAEDataConfig",
+    "SAEResult",
+    "SAERunInfo",
     "SAETrainConfig",
+    "evaluate_pretrained_on_corpus",
+    "evaluate_sae_on_corpus",
+    "hook_name",
     "is_pretrained_release",
     "load_sae",
     "make_training_sae",
+    "resolve_layer",
+    "sae_metadata",
     "save_sae",
     "train_sae",
+    "train_sae_on_corpus",
 ]
 
 #: liref's name -> sae-lens training architecture name.
@@ -404,7 +413,6 @@ def sae_metadata(model_id: str, layer: int, context_size: int, corpus: str,
         "prepend_bos": prepend_bos,
         "liref_layer": layer,
     }
-
 
 
 @dataclass

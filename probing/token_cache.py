@@ -122,12 +122,13 @@ def token_chunks(tokenizer: Any, texts: Iterable[str], context_size: int) -> Ite
                 yield window
 
 
-def _batches(chunks: Iterator[list[int]], batch_size: int, pad_id: int
+def _batches(chunks: Iterator[list[int]], batch_size: int, pad_id: int, sort_window: int = 16
              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded ``(input_ids [B, T], attention_mask [B, T])`` batches."""
-    batch: list[list[int]] = []
+    """Right-padded ``(input_ids [B, T], attention_mask [B, T])`` batches. Chunks are read
+    ``batch_size * sort_window`` at a time and sorted by length, so little compute goes to
+    padding; the order is deterministic."""
 
-    def emit() -> tuple[torch.Tensor, torch.Tensor]:
+    def emit(batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         t = max(len(c) for c in batch)
         ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), t), dtype=torch.long)
@@ -136,13 +137,20 @@ def _batches(chunks: Iterator[list[int]], batch_size: int, pad_id: int
             mask[i, : len(c)] = 1
         return ids, mask
 
+    window: list[list[int]] = []
+
+    def flush() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        window.sort(key=len)
+        for i in range(0, len(window), batch_size):
+            yield emit(window[i : i + batch_size])
+        window.clear()
+
     for chunk in chunks:
-        batch.append(chunk)
-        if len(batch) == batch_size:
-            yield emit()
-            batch = []
-    if batch:
-        yield emit()
+        window.append(chunk)
+        if len(window) == batch_size * sort_window:
+            yield from flush()
+    if window:
+        yield from flush()
 
 
 def token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, bos_id: int | None,
