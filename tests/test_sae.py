@@ -285,6 +285,30 @@ def test_job_user_error_exits_2(tiny_model_dir, tmp_path):
     assert res.returncode == 2 and "out of range" in res.stderr
 
 
+def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path):
+    """The job body, in-process, with an offline wandb run: training curves, held-out evals,
+    the density image, the metrics table and the SAE artifact are all recorded."""
+    from hydra import compose, initialize_config_dir
+
+    from probing.tracking import Tracker, read_offline_run
+    from train.jobkit import CONFIG_PATH, JobContext
+    from train.sae import sae_job
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("sae", overrides=["model=local", f"model.name={tiny_model_dir('llama')}",
+                                        f"cache_dir={tmp_path / 'cache'}", *TINY])
+    tracker = Tracker(mode="offline", dir=tmp_path / "run", name="sae-test").start()
+    metrics = sae_job(JobContext(cfg=cfg, run_dir=tmp_path / "run", tracker=tracker))
+    tracker.summary(metrics)
+    tracker.finish(0)
+    assert set(METRIC_KEYS) <= set(metrics)
+    run = read_offline_run(next((tmp_path / "run" / "wandb").glob("offline-run-*")))
+    keys = {k for row in run["history"] for k in row}
+    assert "train/metrics/explained_variance" in keys and "heldout/explained_variance" in keys
+    assert "sae/latent_density/_type" in keys and "sae/metrics/_type" in keys  # image, table
+    assert run["summary"]["explained_variance"] == pytest.approx(metrics["explained_variance"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ORGANISM_CKPT / "config.json").is_file(),
                     reason="the organism checkpoint (probing/organism/checkpoint) is not committed")
