@@ -1,0 +1,196 @@
+"""Configuration of the model organism: corpus, model shape, training; one hash for all.
+
+The whole organism is a pure function of an ``OrganismConfig`` (corpus, weights up to CPU
+float nondeterminism across machines), so its ``config_hash`` names cached checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from probing.errors import LirefError
+
+__all__ = ["KINDS", "ORGANISM_VERSION", "CorpusConfig", "ModelShape", "OrganismConfig", "TrainConfig"]
+
+#: Bump when the corpus generator or training code changes what a config produces.
+ORGANISM_VERSION = 1
+
+#: Item kinds of the organism corpus.
+KINDS: tuple[str, ...] = ("memory", "reasoning", "mixed", "perturbed")
+
+
+def _check_positive(obj: Any, names: list[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise LirefError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class CorpusConfig:
+    """The synthetic language and its question sets.
+
+    Attributes:
+        n_entities: invented people with memorized facts (colour, town, number).
+        n_towns: invented town names (values of the ``town`` attribute).
+        n_keys: invented names used only as in-context lookup keys.
+        max_operand: arithmetic operands are drawn from ``0 .. max_operand``.
+        max_steps: arithmetic problems have ``1 .. max_steps`` operations.
+        max_compare: comparison numbers are drawn from ``0 .. max_compare``.
+        max_list: comparisons over lists of ``2 .. max_list`` numbers.
+        max_pairs: in-context lookups list ``2 .. max_pairs`` key/value pairs.
+        n_memorized: fixed reasoning problems repeated in training (GSM-Symbolic situation).
+        n_perturbed: perturbed test variants per memorized problem.
+        n_test_reasoning, n_test_mixed: held-out test items of these kinds.
+    """
+
+    n_entities: int = 120
+    n_towns: int = 12
+    n_keys: int = 60
+    max_operand: int = 9
+    max_steps: int = 3
+    max_compare: int = 30
+    max_list: int = 4
+    max_pairs: int = 4
+    n_memorized: int = 48
+    n_perturbed: int = 2
+    n_test_reasoning: int = 480
+    n_test_mixed: int = 200
+
+    def __post_init__(self) -> None:
+        _check_positive(self, [f.name for f in fields(self)])
+        if self.max_list < 2 or self.max_pairs < 2:
+            raise LirefError("CorpusConfig.max_list and max_pairs must be >= 2")
+        if self.max_operand < 2:
+            raise LirefError(f"CorpusConfig.max_operand must be >= 2, got {self.max_operand}")
+
+
+@dataclass
+class ModelShape:
+    """Shape of the tiny ``LlamaForCausalLM``."""
+
+    hidden_size: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    intermediate_size: int = 256
+    max_positions: int = 64
+
+    def __post_init__(self) -> None:
+        _check_positive(self, [f.name for f in fields(self)])
+        if self.hidden_size % self.n_heads:
+            raise LirefError(
+                f"ModelShape.hidden_size={self.hidden_size} must be divisible by "
+                f"n_heads={self.n_heads}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        steps: optimizer steps; batch_size: sequences per step.
+        lr, min_lr_ratio, warmup: AdamW peak rate, cosine floor (fraction of lr), warm-up steps.
+        curriculum: fraction of training over which arithmetic grows from 1 to ``max_steps``
+            operations (and lookups/lists from 2 to their maximum).
+        mix: sampling weights of the training streams.
+        eval_every: steps between quick (teacher-forced) accuracy logs.
+        threads: torch CPU threads.
+    """
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    curriculum: float = 0.3
+    mix: dict[str, float] = field(
+        default_factory=lambda: {
+            "memory": 0.3,
+            "arithmetic": 0.3,
+            "compare": 0.12,
+            "lookup": 0.13,
+            "mixed": 0.1,
+            "memorized": 0.05,
+        }
+    )
+    eval_every: int = 250
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ["steps", "batch_size", "lr", "eval_every", "threads"])
+        allowed = {"memory", "arithmetic", "compare", "lookup", "mixed", "memorized"}
+        unknown = set(self.mix) - allowed
+        if unknown or not self.mix or sum(self.mix.values()) <= 0:
+            raise LirefError(
+                f"TrainConfig.mix {dict(self.mix)!r} must give positive weights to streams "
+                f"among {sorted(allowed)}"
+            )
+
+
+@dataclass
+class OrganismConfig:
+    """Everything that determines an organism: seed, corpus, model shape, training."""
+
+    seed: int = 0
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelShape = field(default_factory=ModelShape)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> OrganismConfig:
+        """Build from a (possibly partial, possibly OmegaConf) mapping; unknown keys raise."""
+        if d is None:
+            return cls()
+        d = _plain(d)
+        sections = {"corpus": CorpusConfig, "model": ModelShape, "train": TrainConfig}
+        unknown = set(d) - {"seed", *sections}
+        if unknown:
+            raise LirefError(
+                f"unknown organism config keys {sorted(unknown)}; allowed: "
+                f"{['seed', *sections]}"
+            )
+        kwargs: dict[str, Any] = {"seed": int(d.get("seed", 0))}
+        for name, klass in sections.items():
+            sub = dict(d.get(name) or {})
+            allowed = {f.name for f in fields(klass)}
+            bad = set(sub) - allowed
+            if bad:
+                raise LirefError(
+                    f"unknown organism.{name} keys {sorted(bad)}; allowed: {sorted(allowed)}"
+                )
+            kwargs[name] = klass(**sub)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def config_hash(self) -> str:
+        """Short stable hash of everything except ``train.eval_every`` / ``train.threads``,
+        and of ``ORGANISM_VERSION``."""
+        d = self.to_dict()
+        d["train"].pop("eval_every")
+        d["train"].pop("threads")
+        d["version"] = ORGANISM_VERSION
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _plain(d: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(d, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(d, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(d, Mapping):
+        return {k: _plain(v) for k, v in d.items()}
+    return d

@@ -1,0 +1,377 @@
+"""Train, evaluate, save and locate the model organism (a tiny ``LlamaForCausalLM``).
+
+Training: every step samples a batch from the corpus streams (weights ``TrainConfig.mix``),
+with an arithmetic/list/lookup curriculum from 1 to ``max_steps`` operations, cross-entropy on
+the answer token and the newline after it only (answer-only loss), AdamW with linear warm-up
+and cosine decay. Checkpoints are written to a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from probing.errors import LirefError
+from probing.io import read_json, write_json
+from probing.organism.config import OrganismConfig
+from probing.organism.corpus import Corpus, Item, format_prompt
+from probing.organism.tokenizer import BOS, EOS, NEWLINE, PAD, SPECIAL_TOKENS, save_tokenizer
+
+__all__ = [
+    "ORGANISM_FILE",
+    "build_model",
+    "encode_items",
+    "ensure_organism",
+    "evaluate_organism",
+    "load_organism_config",
+    "save_checkpoint",
+    "teacher_forced_accuracy",
+    "train_and_save",
+    "train_organism",
+]
+
+log = logging.getLogger(__name__)
+
+#: JSON file in every organism checkpoint: its full config, hash and vocabulary size.
+ORGANISM_FILE = "organism.json"
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def _vocab(corpus: Corpus) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for w in (*SPECIAL_TOKENS, *corpus.vocabulary):
+        vocab.setdefault(w, len(vocab))
+    return vocab
+
+
+def build_model(cfg: OrganismConfig, vocab_size: int) -> nn.Module:
+    """A freshly initialised ``LlamaForCausalLM`` of shape ``cfg.model`` (seeded by caller)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = cfg.model
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.n_layers,
+        num_attention_heads=m.n_heads,
+        num_key_value_heads=m.n_heads,
+        max_position_embeddings=m.max_positions,
+        rms_norm_eps=1e-5,
+        initializer_range=0.02,
+        tie_word_embeddings=False,
+        pad_token_id=SPECIAL_TOKENS.index(PAD),
+        bos_token_id=SPECIAL_TOKENS.index(BOS),
+        eos_token_id=SPECIAL_TOKENS.index(EOS),
+    )
+    return LlamaForCausalLM(config)
+
+
+def encode_items(
+    vocab: Mapping[str, int], items: Sequence[Item], with_answer: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids of ``Q: q\\nA: a\\n`` (or of the prompt only).
+
+    Returns:
+        ``input_ids`` [B, T], ``attention_mask`` [B, T], ``answer_pos`` [B]: the position of the
+        last prompt token (its next-token prediction is the answer).
+    """
+    seqs: list[list[int]] = []
+    pos: list[int] = []
+    for it in items:
+        ids = [vocab["Q:"], *(vocab[w] for w in it.question.split()), vocab[NEWLINE],
+               vocab["##A:"]]
+        pos.append(len(ids) - 1)
+        if with_answer:
+            ids += [vocab[it.answer], vocab[NEWLINE]]
+        seqs.append(ids)
+    width = max(len(s) for s in seqs)
+    pad = vocab[PAD]
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return input_ids, mask, torch.tensor(pos)
+
+
+def _loss(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+          pos: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer token and the newline after it."""
+    hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    rows = torch.arange(len(pos)).repeat(2)
+    cols = torch.cat([pos, pos + 1])
+    logits = model.lm_head(hidden[rows, cols])  # [2B, V]
+    return nn.functional.cross_entropy(logits, input_ids[rows, cols + 1])
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model: nn.Module, vocab: Mapping[str, int],
+                            items: Sequence[Item]) -> float:
+    """Share of items whose argmax answer and following newline are both right
+    (equals greedy exact match for one-word answers)."""
+    if not items:
+        return float("nan")
+    input_ids, mask, pos = encode_items(vocab, items)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    rows = torch.arange(len(pos))
+    ok = (logits[rows, pos].argmax(-1) == input_ids[rows, pos + 1]) & (
+        logits[rows, pos + 1].argmax(-1) == input_ids[rows, pos + 2]
+    )
+    return ok.float().mean().item()
+
+
+def _lr_factor(step: int, cfg: OrganismConfig) -> float:
+    t = cfg.train
+    if step < t.warmup:
+        return (step + 1) / t.warmup
+    frac = (step - t.warmup) / max(1, t.steps - t.warmup)
+    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _probes(corpus: Corpus, n: int) -> dict[str, list[Item]]:
+    """Small fixed held-out subsets for the quick accuracy logs during training."""
+    rng = random.Random(0)
+    out = {}
+    for kind in ("memory", "reasoning", "mixed", "perturbed"):
+        items = corpus.split("test", kind)
+        out[kind] = rng.sample(items, min(n, len(items)))
+    return out
+
+
+def train_organism(
+    cfg: OrganismConfig,
+    log_fn: LogFn | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, Corpus, dict[str, float]]:
+    """Train an organism from scratch (deterministic for ``cfg.seed`` on a given machine).
+
+    Returns:
+        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds``, ``final_loss``.
+    """
+    t = cfg.train
+    corpus = Corpus(cfg.corpus, cfg.seed)
+    vocab = _vocab(corpus)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(t.threads)
+    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls down 10x
+    try:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, len(vocab))
+        model.train()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr, betas=(0.9, 0.98), eps=1e-8,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+        rng = random.Random(f"liref-organism-{cfg.seed}-train-stream")
+        streams, weights = zip(*t.mix.items(), strict=True)
+        probes = _probes(corpus, 64)
+        start = time.perf_counter()
+        ema: float | None = None
+        bar = tqdm(range(t.steps), desc="organism", disable=not progress, mininterval=2.0)
+        for step in bar:
+            hardness = 1.0 if t.curriculum <= 0 else min(1.0, step / (t.curriculum * t.steps))
+            chosen = rng.choices(streams, weights=weights, k=t.batch_size)
+            items = [corpus.sample_train(rng, s, hardness) for s in chosen]
+            input_ids, mask, pos = encode_items(vocab, items)
+            loss = _loss(model, input_ids, mask, pos)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            sched.step()
+            value = loss.item()
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+                model.eval()
+                row = {"train/loss": ema, "train/lr": sched.get_last_lr()[0],
+                       "train/hardness": hardness}
+                for kind, its in probes.items():
+                    row[f"quick/accuracy_{kind}"] = teacher_forced_accuracy(model, vocab, its)
+                model.train()
+                bar.set_postfix(loss=f"{ema:.3f}", mem=f"{row['quick/accuracy_memory']:.2f}",
+                                rea=f"{row['quick/accuracy_reasoning']:.2f}")
+                log.info("step %d: %s", step + 1,
+                         ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+                if log_fn is not None:
+                    log_fn(row, step + 1)
+        train_seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.set_flush_denormal(False)
+    model.eval()
+    return model, corpus, {"train_seconds": train_seconds, "final_loss": float(ema or 0.0)}
+
+
+def evaluate_organism(
+    model: nn.Module,
+    tokenizer: Any,
+    corpus: Corpus,
+    split: str = "test",
+    n_per_kind: int | None = None,
+    batch_size: int = 128,
+) -> dict[str, float]:
+    """Greedy exact-match accuracy per kind (and per reasoning task) on ``split``.
+
+    Returns ``accuracy_{memory,reasoning,mixed,perturbed}``, ``stale_rate_perturbed`` (share
+    of perturbed items answered with the memorized answer), ``accuracy_reasoning_{task}``.
+    """
+    from probing.generation import greedy_generate
+
+    metrics: dict[str, float] = {}
+    for kind in ("memory", "reasoning", "mixed", "perturbed"):
+        items = corpus.split(split, kind)
+        if n_per_kind is not None:
+            items = random.Random(0).sample(items, min(n_per_kind, len(items)))
+        outs = greedy_generate(model, tokenizer, [format_prompt(it.question) for it in items],
+                               max_new_tokens=3, batch_size=batch_size)
+        ok = [o.strip() == it.answer for o, it in zip(outs, items, strict=True)]
+        metrics[f"accuracy_{kind}"] = sum(ok) / max(1, len(ok))
+        if kind == "reasoning":
+            for task in ("arithmetic", "compare", "lookup"):
+                sel = [k for k, it in zip(ok, items, strict=True) if it.task == task]
+                metrics[f"accuracy_reasoning_{task}"] = sum(sel) / max(1, len(sel))
+            for steps in sorted({it.meta["steps"] for it in items if it.task == "arithmetic"}):
+                sel = [k for k, it in zip(ok, items, strict=True)
+                       if it.task == "arithmetic" and it.meta["steps"] == steps]
+                metrics[f"accuracy_arithmetic_{steps}step"] = sum(sel) / max(1, len(sel))
+        if kind == "perturbed" and split == "test":
+            stale = [o.strip() == it.meta["stale_answer"] for o, it in zip(outs, items, strict=True)]
+            metrics["stale_rate_perturbed"] = sum(stale) / max(1, len(stale))
+    return metrics
+
+
+def save_checkpoint(
+    model: nn.Module,
+    corpus: Corpus,
+    cfg: OrganismConfig,
+    folder: str | Path,
+    metrics: Mapping[str, Any] | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write model, tokenizer, ``organism.json`` (+ ``metrics.json``, ``COMMAND``) to a temp
+    folder beside ``folder``, then rename it into place (an old checkpoint is replaced only
+    once the new one is complete)."""
+    from probing import __version__
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_tokenizer(corpus.vocabulary, tmp)
+        write_json(tmp / ORGANISM_FILE, {
+            "config": cfg.to_dict(),
+            "config_hash": cfg.config_hash(),
+            "vocab_size": len(_vocab(corpus)),
+            "liref_version": __version__,
+        })
+        if metrics is not None:
+            write_json(tmp / "metrics.json", dict(metrics))
+        if command is not None:
+            (tmp / "COMMAND").write_text(command.rstrip("\n") + "\n", encoding="utf-8")
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_organism_config(path: str | Path | None = None) -> OrganismConfig:
+    """The ``OrganismConfig`` stored in checkpoint ``path`` (default: the committed one)."""
+    from probing.organism import DEFAULT_CHECKPOINT
+
+    folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    file = folder / ORGANISM_FILE
+    if path is None and not file.is_file():
+        log.warning("no committed organism checkpoint at %s; using the default config", folder)
+        return OrganismConfig()
+    if not file.is_file():
+        raise LirefError(
+            f"{folder} is not an organism checkpoint (no {ORGANISM_FILE}); train one with "
+            f"`python -m train.organism` or pass path=None for the committed default"
+        )
+    return OrganismConfig.from_dict(read_json(file)["config"])
+
+
+def ensure_organism(
+    cfg_dict: Mapping[str, Any] | None,
+    retrain: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """The checkpoint folder to load for organism config ``cfg_dict``.
+
+    The default config (``None`` or the committed checkpoint's config) without ``retrain``
+    gives ``DEFAULT_CHECKPOINT``. Otherwise the organism is trained into
+    ``cache_dir/organism-<config hash>/`` unless a complete one is already there.
+    """
+    from probing.organism import DEFAULT_CHECKPOINT
+
+    cfg = OrganismConfig.from_dict(cfg_dict)
+    default_hash = None
+    if (DEFAULT_CHECKPOINT / ORGANISM_FILE).is_file():
+        default_hash = read_json(DEFAULT_CHECKPOINT / ORGANISM_FILE).get("config_hash")
+    if not retrain and cfg.config_hash() == default_hash:
+        return DEFAULT_CHECKPOINT
+    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "liref"
+    folder = root.expanduser() / f"organism-{cfg.config_hash()}"
+    if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
+        log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
+        return folder
+    log.info("training organism %s into %s", cfg.config_hash(), folder)
+    train_and_save(cfg, folder, progress=progress)
+    return folder
+
+
+def _hf_tokenizer(corpus: Corpus) -> Any:
+    """The organism's HF tokenizer (built in memory, same as the saved one)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from probing.organism.tokenizer import UNK, build_tokenizer
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=build_tokenizer(corpus.vocabulary),
+        pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
+        clean_up_tokenization_spaces=False, model_max_length=512,
+    )
+
+
+def train_and_save(
+    cfg: OrganismConfig,
+    folder: str | Path,
+    log_fn: LogFn | None = None,
+    command: str | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train an organism, evaluate it on the held-out test split (greedy exact match) and
+    save it atomically to ``folder``; returns its metrics (also in ``folder/metrics.json``)."""
+    model, corpus, stats = train_organism(cfg, log_fn=log_fn, progress=progress)
+    tokenizer = _hf_tokenizer(corpus)
+    metrics: dict[str, float] = {**evaluate_organism(model, tokenizer, corpus), **stats}
+    metrics["n_params"] = float(sum(p.numel() for p in model.parameters()))
+    save_checkpoint(model, corpus, cfg, folder, metrics=metrics, command=command)
+    return metrics

@@ -1,0 +1,298 @@
+"""The built-in model organism: corpus, labels, tokenizer, committed checkpoint, training, job.
+
+Answers are re-derived here from the question text alone (regexes below), independently of
+the generator in ``probing/organism/corpus.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from probing.errors import LirefError
+from probing.organism import DEFAULT_CHECKPOINT
+from probing.organism.config import CorpusConfig, OrganismConfig
+from probing.organism.corpus import Corpus, format_prompt, format_text
+from probing.organism.questions import load_organism_questions
+from tests.job_fixtures import REPO, run_module
+
+METRIC_KEYS = ("accuracy_memory", "accuracy_reasoning", "accuracy_mixed", "accuracy_perturbed",
+               "stale_rate_perturbed", "train_seconds")
+
+#: a organism small enough to train in seconds (used by the training and job tests)
+TINY = {
+    "corpus": {"n_entities": 12, "n_towns": 4, "n_keys": 12, "max_steps": 1, "max_compare": 9,
+               "max_list": 2, "max_pairs": 2, "n_memorized": 4, "n_test_reasoning": 60,
+               "n_test_mixed": 20},
+    "model": {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "intermediate_size": 128},
+    "train": {"steps": 300, "batch_size": 32, "lr": 0.005, "warmup": 20, "eval_every": 100,
+              "mix": {"memory": 0.4, "arithmetic": 0.2, "compare": 0.2, "lookup": 0.2}},
+}
+
+
+# --------------------------------------------------------------------------- independent oracle
+NUM = r"\d+"
+ARITH = re.compile(rf"^(?:what is|how much is) ({NUM}(?: (?:plus|minus) {NUM})*) \?$")
+PAIR_CMP = re.compile(rf"^which is (larger|smaller) , ({NUM}) or ({NUM}) \?$")
+LIST_CMP = re.compile(rf"^what is the (largest|smallest) of ({NUM}(?: {NUM})+) \?$")
+LOOKUP = re.compile(r"^(.+) \. what is (\w+) \?$")
+MIXED = re.compile(rf"^what is the number of (\w+) (plus|minus) ({NUM}) \?$")
+
+
+def eval_expression(expr: str) -> int:
+    tokens = expr.split()
+    value = int(tokens[0])
+    for op, x in zip(tokens[1::2], tokens[2::2], strict=True):
+        value = value + int(x) if op == "plus" else value - int(x)
+    return value
+
+
+def solve(question: str, numbers: dict[str, int] | None = None) -> str:
+    """The answer of a reasoning/mixed question, from its text (+ memorized numbers)."""
+    if m := ARITH.match(question):
+        return str(eval_expression(m.group(1)))
+    if m := PAIR_CMP.match(question):
+        a, b = int(m.group(2)), int(m.group(3))
+        return str(max(a, b) if m.group(1) == "larger" else min(a, b))
+    if m := LIST_CMP.match(question):
+        nums = [int(x) for x in m.group(2).split()]
+        return str(max(nums) if m.group(1) == "largest" else min(nums))
+    if m := MIXED.match(question):
+        assert numbers is not None
+        return str(eval_expression(f"{numbers[m.group(1)]} {m.group(2)} {m.group(3)}"))
+    if m := LOOKUP.match(question):
+        pairs = dict(p.split(" is ") for p in m.group(1).split(" , "))
+        return pairs[m.group(2)]
+    raise AssertionError(f"unparsed question {question!r}")
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus(CorpusConfig(), seed=0)
+
+
+# --------------------------------------------------------------------------- corpus
+def _texts(c: Corpus) -> list[str]:
+    return [format_text(it.question, it.answer) for split in ("train", "test")
+            for kind in ("memory", "reasoning", "mixed", "perturbed") for it in c.split(split, kind)]
+
+
+def test_corpus_is_deterministic(corpus: Corpus) -> None:
+    again = Corpus(CorpusConfig(), seed=0)
+    assert _texts(again) == _texts(corpus)
+    assert again.vocabulary == corpus.vocabulary
+    other = Corpus(CorpusConfig(), seed=1)
+    assert _texts(other) != _texts(corpus)
+    r1, r2 = random.Random(5), random.Random(5)
+    s1 = [corpus.sample_train(r1, s, 0.5).question for s in ("arithmetic", "lookup", "mixed") * 20]
+    s2 = [again.sample_train(r2, s, 0.5).question for s in ("arithmetic", "lookup", "mixed") * 20]
+    assert s1 == s2
+
+
+def test_questions_loader_and_labels(corpus: Corpus) -> None:
+    qs = load_organism_questions(split="test")
+    kinds = {q.meta["kind"] for q in qs}
+    assert kinds == {"memory", "reasoning", "mixed", "perturbed"}
+    for q in qs:
+        assert q.source == "organism" and len(q.answers) == 1
+        assert q.label == ("memory" if q.meta["kind"] == "memory" else "reasoning")
+        assert q.meta["perturbed"] == (q.meta["kind"] == "perturbed")
+    assert len({q.id for q in qs}) == len(qs)
+    only = load_organism_questions(split="test", kinds=["memory", "reasoning"])
+    assert {q.label for q in only} == {"memory", "reasoning"}
+    from probing.questions import load_question_set
+
+    sets = yaml.safe_load((REPO / "conf/data/organism.yaml").read_text())["sets"]
+    via = [q for kw in sets for q in load_question_set(**kw)]
+    assert [q.id for q in via] == [q.id for q in only]
+    with pytest.raises(LirefError, match="kinds"):
+        load_organism_questions(kinds=["poetry"])
+    with pytest.raises(LirefError, match="split"):
+        load_organism_questions(split="dev")
+
+
+def test_reasoning_answers_recomputed_from_text(corpus: Corpus) -> None:
+    numbers: dict[str, int] = {}
+    for it in corpus.split("train", "memory"):
+        if it.meta["attribute"] == "number":
+            numbers.setdefault(it.meta["entity"], int(it.answer))
+    for split in ("train", "test"):
+        for kind in ("reasoning", "mixed", "perturbed"):
+            items = corpus.split(split, kind)
+            assert items
+            for it in items:
+                assert solve(it.question, numbers) == it.answer, it
+                assert int(it.answer) >= 0 if it.answer.isdigit() else True
+
+
+def test_memory_split_asks_trained_facts_in_new_phrasings(corpus: Corpus) -> None:
+    train = corpus.split("train", "memory")
+    test = corpus.split("test", "memory")
+    answers: dict[tuple[str, str], set[str]] = {}
+    phrasings: dict[tuple[str, str], set[int]] = {}
+    for it in train:
+        key = (it.meta["entity"], it.meta["attribute"])
+        answers.setdefault(key, set()).add(it.answer)
+        phrasings.setdefault(key, set()).add(it.meta["phrasing"])
+        assert it.meta["entity"] in it.question.split()
+    assert all(len(a) == 1 for a in answers.values())  # one fact per pair
+    train_texts = {it.question for it in train}
+    for it in test:
+        key = (it.meta["entity"], it.meta["attribute"])
+        assert answers[key] == {it.answer}  # the fact is in training...
+        assert it.meta["phrasing"] not in phrasings[key]  # ...but never in this phrasing
+        assert it.question not in train_texts
+
+
+def test_perturbed_items(corpus: Corpus) -> None:
+    originals = {it.question: it for it in corpus.split("train", "perturbed")}
+    perturbed = corpus.split("test", "perturbed")
+    assert len(perturbed) == CorpusConfig().n_memorized * CorpusConfig().n_perturbed
+    by_index = list(originals.values())
+    for it in perturbed:
+        orig = by_index[it.meta["original"]]
+        assert it.meta["stale_answer"] == orig.answer != it.answer
+        a, b = it.question.split(), orig.question.split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+        assert it.question not in originals
+
+
+def test_training_stream_never_yields_held_out(corpus: Corpus) -> None:
+    test = {it.question for k in ("memory", "reasoning", "mixed", "perturbed")
+            for it in corpus.split("test", k)}
+    rng = random.Random(0)
+    streams = ["memory", "arithmetic", "compare", "lookup", "mixed", "memorized"]
+    seen = {corpus.sample_train(rng, s).question for s in streams * 500}
+    assert not seen & test
+
+
+# --------------------------------------------------------------------------- tokenizer
+def test_tokenizer_round_trip(corpus: Corpus, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from probing.organism.tokenizer import save_tokenizer
+
+    save_tokenizer(corpus.vocabulary, tmp_path)
+    for folder in (tmp_path, DEFAULT_CHECKPOINT):
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        newline = tok.convert_tokens_to_ids("##\n")
+        for text in _texts(corpus)[::7]:
+            ids = tok(text).input_ids
+            assert tok.unk_token_id not in ids
+            assert newline in ids
+            assert tok.decode(ids) == text
+        prompt = tok(format_prompt("what is 3 plus 4 ?")).input_ids
+        assert tok.convert_ids_to_tokens(prompt)[-2:] == ["##\n", "##A:"]
+        assert tok.decode([newline]) == "\n"  # a completion may start with the newline
+        assert tok.decode(tok("3\n").input_ids) == "3\n"
+
+
+# --------------------------------------------------------------------------- committed checkpoint
+def test_committed_checkpoint_meets_quality_bars() -> None:
+    from probing import load_model
+    from probing.generation import greedy_generate
+
+    files = [p for p in DEFAULT_CHECKPOINT.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 8 * 2**20
+    assert (DEFAULT_CHECKPOINT / "COMMAND").read_text().startswith("python -m train.organism")
+    stored = json.loads((DEFAULT_CHECKPOINT / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(stored)
+    model, tok = load_model("organism")
+    assert model.config.model_type == "llama"
+    n_layers = yaml.safe_load((REPO / "conf/model/organism.yaml").read_text())["n_layers"]
+    assert model.config.num_hidden_layers == n_layers
+    questions = load_organism_questions(split="test", kinds=["memory", "reasoning"])
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    outs = greedy_generate(model, tok, [format_prompt(q.question) for q in questions],
+                           max_new_tokens=3, batch_size=128)
+    acc: dict[str, list[bool]] = {"memory": [], "reasoning": []}
+    for q, o in zip(questions, outs, strict=True):
+        acc[q.label].append(o.strip() == q.answers[0])
+    assert sum(acc["memory"]) / len(acc["memory"]) >= 0.95
+    assert sum(acc["reasoning"]) / len(acc["reasoning"]) >= 0.90
+
+
+def test_default_config_matches_yaml_and_checkpoint() -> None:
+    from probing.organism import ensure_organism, load_organism_config
+
+    conf = yaml.safe_load((REPO / "conf/organism.yaml").read_text())
+    from_yaml = OrganismConfig.from_dict({**conf["organism"], "seed": conf["seed"]})
+    assert from_yaml.config_hash() == OrganismConfig().config_hash()
+    assert load_organism_config().config_hash() == OrganismConfig().config_hash()
+    assert ensure_organism(None, retrain=False, cache_dir="/nonexistent") == DEFAULT_CHECKPOINT
+    with pytest.raises(LirefError, match="unknown organism"):
+        OrganismConfig.from_dict({"modle": {}})
+    with pytest.raises(LirefError, match="n_heads"):
+        OrganismConfig.from_dict({"model": {"hidden_size": 30, "n_heads": 4}})
+
+
+# --------------------------------------------------------------------------- training
+def test_training_is_deterministic() -> None:
+    from probing.organism.training import train_organism
+
+    cfg = OrganismConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 8}})
+    m1, _, _ = train_organism(cfg, progress=False)
+    m2, _, _ = train_organism(cfg, progress=False)
+    for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_ensure_organism_trains_into_cache_once(tmp_path: Path, monkeypatch) -> None:
+    from probing import load_model
+    from probing.organism import training
+
+    cfg = {**TINY, "train": {**TINY["train"], "steps": 5}}
+    folder = training.ensure_organism(cfg, retrain=False, cache_dir=tmp_path)
+    assert folder == tmp_path / f"organism-{OrganismConfig.from_dict(cfg).config_hash()}"
+    assert (folder / "metrics.json").is_file() and not list(tmp_path.glob(".*tmp*"))
+    model, tok = load_model(str(folder))
+    assert model.config.num_hidden_layers == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("should have used the cache")
+
+    monkeypatch.setattr(training, "train_and_save", no_training)
+    assert training.ensure_organism(cfg, retrain=True, cache_dir=tmp_path) == folder
+    qs = load_organism_questions(str(folder), kinds=["memory"])
+    assert len(qs) == 12 * 3
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m train.organism`` with the tiny config; returns its run dir."""
+    cwd = tmp_path_factory.mktemp("organism-job")
+    overrides = [f"organism.{sec}.{k}={json.dumps(v).replace(' ', '')}"
+                 for sec, d in TINY.items() for k, v in d.items() if k != "mix"]
+    mix = ",".join(f"{k}:{v}" for k, v in TINY["train"]["mix"].items())
+    proc = run_module("train.organism", *overrides, f"organism.train.mix={{{mix}}}",
+                      "logger=disabled", "progress=false", f"hydra.run.dir={cwd / 'run'}",
+                      cwd=cwd, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "run"
+
+
+def test_job_writes_metrics_and_checkpoint(tiny_job: Path) -> None:
+    from probing import load_model
+
+    metrics = json.loads((tiny_job / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    ckpt = tiny_job / "checkpoint"
+    assert json.loads((ckpt / "metrics.json").read_text())["accuracy_memory"] == pytest.approx(
+        metrics["accuracy_memory"])
+    assert (ckpt / "COMMAND").read_text().startswith("python -m train.organism ")
+    model, _ = load_model(str(ckpt))
+    assert model.config.hidden_size == 64
+    assert metrics["train_seconds"] < 60
+
+
+def test_tiny_organism_clearly_beats_chance(tiny_job: Path) -> None:
+    metrics = json.loads((tiny_job / "metrics.json").read_text())
+    # chance: 1/10 colours, 1/4 towns, 1/10 numbers for memory; about 1/10 for reasoning
+    assert metrics["accuracy_memory"] >= 0.3
+    assert metrics["accuracy_reasoning"] >= 0.4
