@@ -285,6 +285,7 @@ def test_multirun_sweep_with_wandb_groups(work: Work, extracted: Path) -> None:
     assert len({r["id"] for r in runs.values()}) == 2
 
 
+@pytest.mark.slow  # 20-35 s on 2 busy cores: a fresh interpreter per worker
 def test_multirun_local_parallel_launcher(work: Work, extracted: Path) -> None:
     root = work.root / "joblib"
     root.mkdir()
@@ -296,18 +297,22 @@ def test_multirun_local_parallel_launcher(work: Work, extracted: Path) -> None:
     _check_sweep(work, sorted(p for p in (root / "sweep").iterdir() if p.is_dir()))
 
 
+@pytest.mark.slow  # 20-35 s on 2 busy cores: a fresh interpreter per job
 def test_multirun_submitit_local_launcher(work: Work, extracted: Path) -> None:
+    """submitit's local executor (the SLURM code path); wandb runs in its workers are grouped."""
     root = work.root / "submitit"
     root.mkdir()
     proc = run_module("train.probe", "-m", "hydra/launcher=submitit_local_run",
-                      "probe=diffmean,logistic", *work.common(), LAYERS, "logger=disabled",
+                      "probe=diffmean,logistic", *work.common(), LAYERS, "logger=offline",
                       f"hydra.sweep.dir={root}/sweep", cwd=work.root)
     _ok(proc)
     assert "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
     sweep = root / "sweep"
     assert (sweep / ".submitit").is_dir()
-    _check_sweep(work, sorted(p for p in sweep.iterdir()
-                              if p.is_dir() and not p.name.startswith(".")))
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    _check_sweep(work, jobs)
+    runs = [_offline_run(job)["run"] for job in jobs]
+    assert {r["group"] for r in runs} == {"probe-sweep-sweep"}
 
 
 # --- 5. bad input: one clear error, exit 2, nothing lost ---------------------------------------
