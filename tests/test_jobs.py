@@ -102,6 +102,8 @@ class Probed:
     output: str
     cache_before: list[Path]
     manifests_before: dict[Path, tuple[int, bytes]]
+    cache_after: list[Path]
+    manifests_after: dict[Path, tuple[int, bytes]]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def probed(work: Work, extracted: Path) -> Probed:
     proc = run_module("train.probe", *work.common(), LAYERS, "logger=offline", cwd=work.root)
     _ok(proc)
     return Probed(_only_run_dir(work.root / "outputs" / "probe"), proc.stdout + proc.stderr,
-                  entries, manifests)
+                  entries, manifests, _cache_entries(work), _snapshot(list(manifests)))
 
 
 # --- 1. extract fills the cache; probe reuses it ---------------------------------------------
@@ -136,10 +138,10 @@ def test_extract_writes_activations_and_fills_cache(work: Work, extracted: Path)
     assert sorted(set(cached.labels)) == ["memory", "reasoning"]
 
 
-def test_probe_reuses_the_extract_cache(work: Work, probed: Probed) -> None:
+def test_probe_reuses_the_extract_cache(probed: Probed) -> None:
     assert len(probed.cache_before) == 1
-    assert _cache_entries(work) == probed.cache_before  # no new entry
-    assert _snapshot(list(probed.manifests_before)) == probed.manifests_before  # not rewritten
+    assert probed.cache_after == probed.cache_before  # no new entry
+    assert probed.manifests_after == probed.manifests_before  # not rewritten
     assert "activation cache hit" in probed.output
     assert "activation cache hit" in (probed.run_dir / "probe.log").read_text()
 
