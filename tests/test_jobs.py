@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -246,7 +247,7 @@ def test_job_survives_wandb_init_failure(work: Work, extracted: Path) -> None:
     out = work.root / "wandb_broken"
     proc = run_module("train.extract", *work.common(), LAYERS, "logger=offline",
                       f"hydra.run.dir={out}", cwd=work.root,
-                      env={"PYTHONPATH": f"{shim}:{REPO}"})
+                      env={"PYTHONPATH": os.pathsep.join([str(shim), str(REPO)])})
     _ok(proc)
     text = proc.stdout + proc.stderr
     assert "wandb init failed" in text and "broken on purpose" in text
