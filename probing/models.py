@@ -78,6 +78,11 @@ def resolve_model_path(name_or_path: str) -> str:
     return os.path.expanduser(name_or_path)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a Hub id (``org/name``): absolute, ``./``, ``~`` or deeper."""
+    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1
+
+
 def _load_error(name: str, exc: Exception) -> LirefError:
     local = Path(name).exists()
     where = "local folder" if local else "HuggingFace Hub name"
@@ -114,6 +119,10 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    if _looks_like_path(name_or_path) and not Path(path).exists():
+        raise LirefError(
+            f"model folder {name_or_path!r} does not exist; give an existing local folder saved "
+            "with save_pretrained, a HuggingFace Hub id like 'org/name', or 'organism'")
     torch_dtype = resolve_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(

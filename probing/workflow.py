@@ -47,10 +47,6 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
     into ``cache_dir`` first (see ``probing.organism.ensure_organism``).
     """
     name = str(model_cfg["name"])
-    if _looks_like_path(name) and not Path(name).expanduser().exists():
-        raise LirefError(
-            f"model folder {name!r} does not exist; model.name must be an existing local folder "
-            "saved with save_pretrained, a HuggingFace Hub id like 'org/name', or 'organism'")
     if name == "organism":
         from probing import organism
 
@@ -68,11 +64,6 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
     )
     model.config.liref_name = str(model_cfg["name"])
     return model, tokenizer
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a Hub id (``org/name``): absolute, ``./``, ``~`` or deeper."""
-    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1
 
 
 def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,

@@ -32,7 +32,7 @@ def test_unknown_dtype_is_named():
 
 
 def test_unknown_local_path_gives_one_clear_error(tmp_path):
-    with pytest.raises(LirefError, match="cannot load model") as err:
+    with pytest.raises(LirefError, match="model folder .* does not exist") as err:
         load_model(str(tmp_path / "no-such-model"))
     assert "no-such-model" in str(err.value)
 
