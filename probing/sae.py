@@ -431,6 +431,10 @@ class SAEDataConfig:
         heldout_tokens: at most this many held-out tokens for reconstruction metrics.
         eval_tokens_during_training: held-out tokens used by the periodic in-training evals.
         ce_batches: at most this many held-out batches for CE loss recovered.
+        ce_last_tokens: the CE loss counts only the last n tokens of each sequence (document,
+            or window of a document longer than ``context_size``); ``"auto"`` = 2
+            for the organism's corpus (answer + newline, all it was trained to predict), else
+            every token (``None``).
     """
 
     layer: int | None = None
@@ -447,8 +451,13 @@ class SAEDataConfig:
     heldout_tokens: int = 20000
     eval_tokens_during_training: int = 4096
     ce_batches: int = 8
+    ce_last_tokens: int | str | None = "auto"
 
     def __post_init__(self) -> None:
+        if not (self.ce_last_tokens in (None, "auto") or (isinstance(self.ce_last_tokens, int)
+                                                          and self.ce_last_tokens >= 1)):
+            raise LirefError(f"ce_last_tokens must be null, 'auto' or >= 1, got "
+                             f"{self.ce_last_tokens!r}")
         if self.use_cache and not self.cache_dir:
             raise LirefError("use_cache=true needs a cache_dir")
         for name in ("shuffle_buffer", "heldout_texts", "heldout_tokens",
@@ -463,6 +472,12 @@ class SAEDataConfig:
         if unknown:
             raise LirefError(f"unknown activation setting(s) {unknown}; allowed: {sorted(known)}")
         return cls(**d)
+
+    def ce_last_n(self, corpus_source: str) -> int | None:
+        """``ce_last_tokens`` with ``"auto"`` resolved for a corpus source."""
+        if self.ce_last_tokens == "auto":
+            return 2 if corpus_source == "organism" else None
+        return None if self.ce_last_tokens is None else int(self.ce_last_tokens)
 
     def stream(self, layer: int, max_tokens: int | None = None) -> Any:
         from probing.token_cache import TokenStreamConfig
@@ -551,6 +566,7 @@ def evaluate_sae_on_corpus(
     held_chunks: Callable[[], Iterator[torch.Tensor]],
     held_texts: list[str],
     data: SAEDataConfig,
+    ce_last_n: int | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Our metrics of an (inference) SAE on held-out tokens: ``(metrics, latent_density)``."""
     from probing.sae_metrics import ce_loss_recovered, reconstruction_metrics
@@ -561,7 +577,7 @@ def evaluate_sae_on_corpus(
         model, sae, layer,
         text_batches(tokenizer, held_texts, data.context_size, data.batch_size),
         bos_id=getattr(tokenizer, "bos_token_id", None), drop_bos=data.drop_bos,
-        max_batches=data.ce_batches)
+        max_batches=data.ce_batches, last_n=ce_last_n)
     metrics = {**rec.scalars(), **asdict(ce)}
     return metrics, rec.latent_density
 
@@ -614,7 +630,8 @@ def train_sae_on_corpus(
         save_sae(training_sae, sae_dir)
         sae = load_sae(sae_dir, device=cfg.device)
         metrics, density = evaluate_sae_on_corpus(model, tokenizer, sae, layer, held_chunks,
-                                                  held_corpus.texts, data)
+                                                  held_corpus.texts, data,
+                                                  data.ce_last_n(corpus.source))
         info = SAERunInfo(model_id=model_id(model), layer=layer, d_in=d_in,
                           d_sae=cfg.width(d_in), architecture=cfg.architecture,
                           corpus_fingerprint=corpus.fingerprint, train=asdict(cfg),
@@ -654,7 +671,8 @@ def evaluate_pretrained_on_corpus(
     _, held_chunks, held_corpus, cache_dirs, built = _sources(
         model, tokenizer, corpus, data, layer, seed, need_train=False)
     metrics, density = evaluate_sae_on_corpus(model, tokenizer, sae, layer, held_chunks,
-                                              held_corpus.texts, data)
+                                              held_corpus.texts, data,
+                                              data.ce_last_n(corpus.source))
     plot = None
     if out_dir is not None:
         plot = plot_latent_density(density, Path(out_dir) / "latent_density.png",

@@ -153,12 +153,17 @@ class CELossResult:
     n_ce_tokens: int
 
 
-def _next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
-                     ) -> tuple[float, int]:
-    """Summed next-token CE over targets that are real tokens, and their count."""
+def _next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                     last_n: int | None = None) -> tuple[float, int]:
+    """Summed next-token CE over targets that are real tokens (only each sequence's last
+    ``last_n`` tokens when given), and their count."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
     tgt = ids[:, 1:]
     valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+    if last_n is not None:
+        lengths = mask.sum(1, keepdim=True)  # right padded
+        target_pos = torch.arange(1, ids.shape[1], device=ids.device).unsqueeze(0)
+        valid = valid & (target_pos >= lengths - last_n)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                            reduction="none").view_as(tgt)
     return float(loss[valid].sum().item()), int(valid.sum().item())
@@ -173,11 +178,14 @@ def ce_loss_recovered(
     bos_id: int | None = None,
     drop_bos: bool = True,
     max_batches: int | None = None,
+    last_n: int | None = None,
 ) -> CELossResult:
-    """CE loss recovered over ``(input_ids [B, T], attention_mask [B, T])`` batches.
+    """CE loss recovered over right-padded ``(input_ids [B, T], attention_mask [B, T])`` batches.
 
     The SAE / zeros replace the block output at the stream's positions (real tokens; not BOS
-    when ``drop_bos``), i.e. where the SAE was trained.
+    when ``drop_bos``), i.e. where the SAE was trained. The loss counts every next-token target,
+    or only the last ``last_n`` of each sequence (e.g. the organism's answer and newline, the
+    only tokens it was trained to predict).
     """
     from probing.token_cache import token_mask
 
@@ -193,12 +201,12 @@ def ce_loss_recovered(
             break
         ids, mask = ids.to(device), mask.to(device)
         pos = token_mask(ids, mask, bos_id, drop_bos)
-        loss, n = _next_token_loss(model, ids, mask)
+        loss, n = _next_token_loss(model, ids, mask, last_n)
         totals["clean"] += loss
         with splice_block_output(model, layer, recon, pos):
-            totals["sae"] += _next_token_loss(model, ids, mask)[0]
+            totals["sae"] += _next_token_loss(model, ids, mask, last_n)[0]
         with splice_block_output(model, layer, torch.zeros_like, pos):
-            totals["zero"] += _next_token_loss(model, ids, mask)[0]
+            totals["zero"] += _next_token_loss(model, ids, mask, last_n)[0]
         count += n
     if count == 0:
         raise LirefError("no held-out tokens to compute the CE loss on")

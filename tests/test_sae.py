@@ -35,6 +35,18 @@ from tests.job_fixtures import run_module
 ORGANISM_CKPT = Path(__file__).resolve().parents[1] / "probing" / "organism" / "checkpoint"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core box two threads are several times slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _planted(n: int, feats: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """``[n, d]``: each row a positive mix of ``k`` random planted directions."""
     idx = torch.rand(n, feats.shape[0], generator=g).argsort(-1)[:, :k]
@@ -185,12 +197,15 @@ def test_metrics_on_a_perfect_and_a_zero_sae(tiny_llama):
 
     model, tok = tiny_llama
     batches = list(text_batches(tok, ["Q: 3 + 4 =\nA: 7", "Q: who is the capital ?\nA: red"],
-                                16, 2))
+                                64, 2))
     ident = ce_loss_recovered(model, Identity(1.0), 1, batches)
     assert ident.ce_loss_recovered == pytest.approx(1.0)
     assert ident.ce_loss_sae == pytest.approx(ident.ce_loss_clean, rel=1e-5)
     zero = ce_loss_recovered(model, Identity(0.0), 1, batches)
     assert zero.ce_loss_recovered == pytest.approx(0.0, abs=1e-6)
+    answers = ce_loss_recovered(model, Identity(0.5), 1, batches, last_n=2)
+    assert answers.n_ce_tokens == 2 * 2  # the last 2 tokens of each of the 2 documents
+    assert answers.ce_loss_clean != pytest.approx(ident.ce_loss_clean)
 
 
 def test_splice_replaces_only_chosen_positions_and_is_removed(tiny_llama):
@@ -259,7 +274,7 @@ TINY = ("sae.training_tokens=2048", "sae.batch_size=256", "sae.expansion_factor=
 
 def test_job_writes_metrics_and_sae(tiny_model_dir, tmp_path):
     res = run_module("train.sae", "model=local", f"model.name={tiny_model_dir('llama')}",
-                     "layer=-1", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+                     "layer=-1", *TINY, "hydra.run.dir=run", cwd=tmp_path, env=ONE_THREAD)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics) and metrics["layer"] == 2
@@ -269,7 +284,8 @@ def test_job_writes_metrics_and_sae(tiny_model_dir, tmp_path):
 
 def test_multirun_sweep_shares_one_cache(tiny_model_dir, tmp_path):
     res = run_module("train.sae", "-m", "model=local", f"model.name={tiny_model_dir('llama')}",
-                     "sae=topk,jumprelu", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+                     "sae=topk,jumprelu", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path,
+                     env=ONE_THREAD)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 2
@@ -281,7 +297,7 @@ def test_multirun_sweep_shares_one_cache(tiny_model_dir, tmp_path):
 
 def test_job_user_error_exits_2(tiny_model_dir, tmp_path):
     res = run_module("train.sae", "model=local", f"model.name={tiny_model_dir('llama')}",
-                     "layer=9", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+                     "layer=9", *TINY, "hydra.run.dir=run", cwd=tmp_path, env=ONE_THREAD)
     assert res.returncode == 2 and "out of range" in res.stderr
 
 
@@ -313,14 +329,15 @@ def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path):
 @pytest.mark.skipif(not (ORGANISM_CKPT / "config.json").is_file(),
                     reason="the organism checkpoint (probing/organism/checkpoint) is not committed")
 def test_organism_sae_explains_most_variance(tmp_path):
+    """Default size (topk, 8x, k=16) on the organism's middle layer, ~1500 steps."""
     from probing.models import load_model
 
     model, tok = load_model("organism")
-    corpus = load_corpus("organism", max_texts=6000, organism_checkpoint=ORGANISM_CKPT)
+    corpus = load_corpus("organism", max_texts=4000, organism_checkpoint=ORGANISM_CKPT)
     cfg = SAETrainConfig(architecture="topk", expansion_factor=8, k=16, lr=1e-3,
-                         training_tokens=1024 * 1500, batch_size=1024)
+                         training_tokens=256 * 1500, batch_size=256)
     data = SAEDataConfig(cache_dir=str(tmp_path / "cache"), heldout_texts=200, ce_batches=2)
     res = train_sae_on_corpus(model, tok, corpus, cfg, data, seed=0)
+    assert res.layer == 2 and res.sae.cfg.d_sae == 8 * model.config.hidden_size
     assert res.metrics["explained_variance"] >= 0.8, res.metrics
-    assert res.metrics["ce_loss_recovered"] > 0.5, res.metrics
-
+    assert res.metrics["ce_loss_recovered"] > 0.5, res.metrics  # on answer tokens
