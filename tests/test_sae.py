@@ -266,10 +266,10 @@ def test_pretrained_conf_entries_name_real_releases():
         assert "k" in e  # so that sweeps over sae.k accept every architecture
 
 
+TINY_DATA = ("corpus.max_texts=300", "activations.heldout_texts=20", "activations.ce_batches=1",
+             "logger=disabled")
 TINY = ("sae.training_tokens=2048", "sae.batch_size=256", "sae.expansion_factor=2",
-        "sae.eval_every=4", "sae.log_every=2", "sae.n_batches_for_norm_estimate=2",
-        "corpus.max_texts=300", "activations.heldout_texts=20", "activations.ce_batches=1",
-        "logger=disabled")
+        "sae.eval_every=4", "sae.log_every=2", "sae.n_batches_for_norm_estimate=2", *TINY_DATA)
 
 
 def test_job_writes_metrics_and_sae(tiny_model_dir, tmp_path):
@@ -304,15 +304,11 @@ def test_job_user_error_exits_2(tiny_model_dir, tmp_path):
 def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path):
     """The job body, in-process, with an offline wandb run: training curves, held-out evals,
     the density image, the metrics table and the SAE artifact are all recorded."""
-    from hydra import compose, initialize_config_dir
-
     from probing.tracking import Tracker, read_offline_run
-    from train.jobkit import CONFIG_PATH, JobContext
+    from train.jobkit import JobContext
     from train.sae import sae_job
 
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("sae", overrides=["model=local", f"model.name={tiny_model_dir('llama')}",
-                                        f"cache_dir={tmp_path / 'cache'}", *TINY])
+    cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}")
     tracker = Tracker(mode="offline", dir=tmp_path / "run", name="sae-test").start()
     metrics = sae_job(JobContext(cfg=cfg, run_dir=tmp_path / "run", tracker=tracker))
     tracker.summary(metrics)
@@ -323,6 +319,46 @@ def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path):
     assert "train/metrics/explained_variance" in keys and "heldout/explained_variance" in keys
     assert "sae/latent_density/_type" in keys and "sae/metrics/_type" in keys  # image, table
     assert run["summary"]["explained_variance"] == pytest.approx(metrics["explained_variance"])
+
+
+def _compose(tmp_path: Path, *overrides: str, train: bool = True):
+    from hydra import compose, initialize_config_dir
+
+    from train.jobkit import CONFIG_PATH
+
+    tiny = TINY if train else TINY_DATA
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose("sae", overrides=[f"cache_dir={tmp_path / 'cache'}", *tiny, *overrides])
+
+
+def test_job_evaluates_a_pretrained_entry_without_training(trained, tiny_model_dir, tmp_path):
+    """A pretrained entry (here pointed at a local SAE folder) is evaluated, not trained."""
+    from probing.tracking import Tracker
+    from train.jobkit import JobContext
+    from train.sae import sae_job
+
+    res, _, root = trained
+    cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}",
+                   "sae=gemma_scope_9b", f"sae.pretrained.release={root / 'run' / 'sae'}",
+                   "sae.pretrained.layer=1", "sae.device=cpu", train=False)
+    metrics = sae_job(JobContext(cfg=cfg, run_dir=tmp_path / "run",
+                                 tracker=Tracker(mode="disabled")))
+    assert set(METRIC_KEYS) <= set(metrics) and metrics["layer"] == 1
+    assert metrics["d_sae"] == res.sae.cfg.d_sae and metrics["l0"] == pytest.approx(4.0)
+    assert (tmp_path / "run" / "latent_density.png").is_file()
+    assert not (tmp_path / "run" / "sae").exists()  # nothing trained, nothing saved
+
+
+def test_job_pretrained_release_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from probing.tracking import Tracker
+    from train.jobkit import JobContext
+    from train.sae import sae_job
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _compose(tmp_path, "model=local", "model.name=/nonexistent", "sae=gemma_scope_9b",
+                   train=False)
+    with pytest.raises(LirefError, match="gemma-scope-9b-pt-res-canonical.*HF_HUB_OFFLINE"):
+        sae_job(JobContext(cfg=cfg, run_dir=tmp_path, tracker=Tracker(mode="disabled")))
 
 
 @pytest.mark.slow

@@ -30,18 +30,19 @@ log = logging.getLogger("liref.sae")
 
 def sae_job(ctx: JobContext) -> dict[str, Any]:
     cfg = ctx.cfg
-    model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
-    corpus_cfg = plain(cfg.corpus)
-    checkpoint = model.config._name_or_path if cfg.model.name == "organism" else None
-    corpus = load_corpus(**corpus_cfg, seed=int(cfg.seed), organism_checkpoint=checkpoint)
     sae_cfg = plain(cfg.sae)
     pretrained = sae_cfg.pop("pretrained", None)
     layer = cfg.layer if cfg.layer is not None else (pretrained or {}).get("layer")
     data = SAEDataConfig.from_dict({**plain(cfg.activations), "layer": layer})
-
-    if pretrained:
+    sae = None
+    if pretrained:  # first, so that an unreachable hub fails before the model loads
         sae = load_sae(pretrained["release"], pretrained.get("sae_id"),
                        device=str(sae_cfg.get("device", "cpu")), dtype=sae_cfg.get("dtype"))
+    model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
+    checkpoint = model.config._name_or_path if cfg.model.name == "organism" else None
+    corpus = load_corpus(**plain(cfg.corpus), seed=int(cfg.seed), organism_checkpoint=checkpoint)
+
+    if pretrained:
         result = evaluate_pretrained_on_corpus(model, tokenizer, corpus, sae, data,
                                                out_dir=ctx.run_dir, seed=int(cfg.seed))
         arch = f"pretrained:{pretrained['release']}/{pretrained.get('sae_id')}"
