@@ -59,9 +59,20 @@ def _provider(data: torch.Tensor, batch_size: int, seed: int = 0):
     return activation_batches(lambda _e: iter(data.split(4096)), batch_size, seed=seed)
 
 
+def corpus_lines(n: int) -> list[str]:
+    """Organism-like documents (``Q: ...\\nA: answer\\n``) that need no organism checkpoint."""
+    colours = ("red", "blue", "green")
+    out = []
+    for i in range(n):
+        a, b = i % 10, (i * 7) % 10
+        out.append(f"Q: what is {a} plus {b} ?\nA: {a + b}\n" if i % 2 else
+                   f"Q: what colour is the {i % 13} city ?\nA: {colours[i % 3]}\n")
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_corpus():
-    return load_corpus("organism", max_texts=600)
+    return load_corpus("texts", texts=corpus_lines(600))
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +182,17 @@ def test_second_sae_reuses_the_cache(trained, tiny_llama, tiny_corpus):
     assert calls["n"] == 3
 
 
+def test_streaming_from_the_model_without_a_cache(tiny_llama, tiny_corpus, tmp_path):
+    model, tok = tiny_llama
+    cfg = SAETrainConfig(architecture="standard", expansion_factor=2, k=None,
+                         training_tokens=256 * 8, batch_size=256, n_batches_for_norm_estimate=2)
+    data = SAEDataConfig(layer=-1, use_cache=False, heldout_texts=30, ce_batches=1,
+                         shuffle_buffer=1024)
+    res = train_sae_on_corpus(model, tok, tiny_corpus, cfg, data, out_dir=tmp_path)
+    assert res.layer == 2 and res.cache_dirs == {} and not list(tmp_path.glob("**/manifest.json"))
+    assert set(METRIC_KEYS) <= set(res.metrics) and (tmp_path / "sae" / "cfg.json").is_file()
+
+
 def test_metrics_on_a_perfect_and_a_zero_sae(tiny_llama):
     class Identity(nn.Module):
         def __init__(self, scale: float) -> None:
@@ -266,14 +288,22 @@ def test_pretrained_conf_entries_name_real_releases():
         assert "k" in e  # so that sweeps over sae.k accept every architecture
 
 
-TINY_DATA = ("corpus.max_texts=300", "activations.heldout_texts=20", "activations.ce_batches=1",
-             "logger=disabled")
+TINY_DATA = ("corpus.source=file", "corpus.max_texts=300", "activations.heldout_texts=20",
+             "activations.ce_batches=1", "logger=disabled")
+
+
+@pytest.fixture()
+def corpus_file(tmp_path: Path) -> str:
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(line.replace("\n", " ") + "\n" for line in corpus_lines(400)))
+    return f"corpus.path={path}"
 TINY = ("sae.training_tokens=2048", "sae.batch_size=256", "sae.expansion_factor=2",
         "sae.eval_every=4", "sae.log_every=2", "sae.n_batches_for_norm_estimate=2", *TINY_DATA)
 
 
-def test_job_writes_metrics_and_sae(tiny_model_dir, tmp_path):
+def test_job_writes_metrics_and_sae(tiny_model_dir, tmp_path, corpus_file):
     res = run_module("train.sae", "model=local", f"model.name={tiny_model_dir('llama')}",
+                     corpus_file,
                      "layer=-1", *TINY, "hydra.run.dir=run", cwd=tmp_path, env=ONE_THREAD)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -282,8 +312,9 @@ def test_job_writes_metrics_and_sae(tiny_model_dir, tmp_path):
     assert (tmp_path / "run" / "latent_density.png").is_file()
 
 
-def test_multirun_sweep_shares_one_cache(tiny_model_dir, tmp_path):
+def test_multirun_sweep_shares_one_cache(tiny_model_dir, tmp_path, corpus_file):
     res = run_module("train.sae", "-m", "model=local", f"model.name={tiny_model_dir('llama')}",
+                     corpus_file,
                      "sae=topk,jumprelu", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path,
                      env=ONE_THREAD)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -295,20 +326,21 @@ def test_multirun_sweep_shares_one_cache(tiny_model_dir, tmp_path):
     assert len(caches) == 2  # one train + one held-out cache for both SAEs
 
 
-def test_job_user_error_exits_2(tiny_model_dir, tmp_path):
+def test_job_user_error_exits_2(tiny_model_dir, tmp_path, corpus_file):
     res = run_module("train.sae", "model=local", f"model.name={tiny_model_dir('llama')}",
+                     corpus_file,
                      "layer=9", *TINY, "hydra.run.dir=run", cwd=tmp_path, env=ONE_THREAD)
     assert res.returncode == 2 and "out of range" in res.stderr
 
 
-def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path):
+def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path, corpus_file):
     """The job body, in-process, with an offline wandb run: training curves, held-out evals,
     the density image, the metrics table and the SAE artifact are all recorded."""
     from probing.tracking import Tracker, read_offline_run
     from train.jobkit import JobContext
     from train.sae import sae_job
 
-    cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}")
+    cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}", corpus_file)
     tracker = Tracker(mode="offline", dir=tmp_path / "run", name="sae-test").start()
     metrics = sae_job(JobContext(cfg=cfg, run_dir=tmp_path / "run", tracker=tracker))
     tracker.summary(metrics)
@@ -331,14 +363,15 @@ def _compose(tmp_path: Path, *overrides: str, train: bool = True):
         return compose("sae", overrides=[f"cache_dir={tmp_path / 'cache'}", *tiny, *overrides])
 
 
-def test_job_evaluates_a_pretrained_entry_without_training(trained, tiny_model_dir, tmp_path):
+def test_job_evaluates_a_pretrained_entry_without_training(trained, tiny_model_dir, tmp_path,
+                                                           corpus_file):
     """A pretrained entry (here pointed at a local SAE folder) is evaluated, not trained."""
     from probing.tracking import Tracker
     from train.jobkit import JobContext
     from train.sae import sae_job
 
     res, _, root = trained
-    cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}",
+    cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}", corpus_file,
                    "sae=gemma_scope_9b", f"sae.pretrained.release={root / 'run' / 'sae'}",
                    "sae.pretrained.layer=1", "sae.device=cpu", train=False)
     metrics = sae_job(JobContext(cfg=cfg, run_dir=tmp_path / "run",
@@ -356,7 +389,7 @@ def test_job_pretrained_release_offline_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = _compose(tmp_path, "model=local", "model.name=/nonexistent", "sae=gemma_scope_9b",
-                   train=False)
+                   "corpus.path=/nonexistent.txt", train=False)
     with pytest.raises(LirefError, match="gemma-scope-9b-pt-res-canonical.*HF_HUB_OFFLINE"):
         sae_job(JobContext(cfg=cfg, run_dir=tmp_path, tracker=Tracker(mode="disabled")))
 
