@@ -429,9 +429,9 @@ def get_or_build_token_cache(
             return TokenActivationCache(final), False
         if final.exists():  # an older, incomplete folder (no manifest): never trust it
             shutil.rmtree(final)
+        for stale in cache_dir.glob(f".{key}.partial-*"):  # a crashed builder's leftovers
+            shutil.rmtree(stale, ignore_errors=True)  # (we hold the lock: nobody else builds)
         tmp = cache_dir / f".{key}.partial-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         try:
             build_token_cache(model, tokenizer, texts, tmp, stream, corpus_fingerprint,
                               corpus_description)

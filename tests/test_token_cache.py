@@ -158,8 +158,11 @@ def test_corrupted_manifest_raises_and_incomplete_folder_is_rebuilt(tiny_llama, 
     with pytest.raises(LirefError, match="manifest.json"):
         TokenActivationCache(cache.path)
     manifest.unlink()  # a folder without manifest = an interrupted build: rebuilt, not trusted
+    stale = tmp_path / f".{cache.path.name}.partial-999999"  # a crashed builder's temp folder
+    stale.mkdir()
     again, built = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
     assert built and again.path == cache.path and again.n_tokens == cache.n_tokens
+    assert not stale.exists()
 
 
 def test_parallel_builders_build_once(tiny_llama, tmp_path):
