@@ -9,7 +9,8 @@ one-word answer. Kinds:
   training, in a phrasing never used for that pair (every phrasing is seen with other people).
 - ``reasoning``: answers computed from the prompt: 1..max_steps step addition/subtraction
   (``arithmetic``), the larger/smaller of two numbers or the largest/smallest of a list
-  (``compare``), and key/value lookups in the prompt (``lookup``, keys never seen elsewhere).
+  (``compare``), and, when ``CorpusConfig.reasoning_tasks`` enables it, key/value lookups in
+  the prompt (``lookup``, keys never seen elsewhere; off by default: not learned in budget).
 - ``mixed``: arithmetic over a memorized fact (``the number of X plus 3``); held-out
   (person, operation, operand) combinations.
 - ``perturbed``: a fixed set of 3-step arithmetic problems repeated in training (the
@@ -290,8 +291,11 @@ class Corpus:
 
     def _uniform_reasoning(self, rng: random.Random, n: int, exclude: set[str]) -> list[Item]:
         c = self.config
-        plan = [("arithmetic", (1, c.max_steps))] * 2 + [("compare", (2, c.max_list)),
-                                                         ("lookup", (2, c.max_pairs))]
+        ranges = {"arithmetic": (1, c.max_steps), "compare": (2, c.max_list),
+                  "lookup": (2, c.max_pairs)}
+        # arithmetic (1..max_steps) gets two slots, every other enabled task one
+        plan = [(t, ranges[t]) for t in c.reasoning_tasks
+                for _ in range(2 if t == "arithmetic" else 1)]
         out: list[Item] = []
         seen = set(exclude)
         i = 0

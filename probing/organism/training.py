@@ -245,7 +245,7 @@ def evaluate_organism(
         ok = [o.strip() == it.answer for o, it in zip(outs, items, strict=True)]
         metrics[f"accuracy_{kind}"] = sum(ok) / max(1, len(ok))
         if kind == "reasoning":
-            for task in ("arithmetic", "compare", "lookup"):
+            for task in corpus.config.reasoning_tasks:
                 sel = [k for k, it in zip(ok, items, strict=True) if it.task == task]
                 metrics[f"accuracy_reasoning_{task}"] = sum(sel) / max(1, len(sel))
             for steps in sorted({it.meta["steps"] for it in items if it.task == "arithmetic"}):
