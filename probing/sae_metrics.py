@@ -233,7 +233,8 @@ def plot_latent_density(density: torch.Tensor, path: str | Path, title: str = ""
         ax.hist(torch.log10(alive).numpy(), bins=50, color="tab:blue")
     ax.set_xlabel("log10 firing density on held-out tokens")
     ax.set_ylabel("latents")
-    ax.set_title(title or f"latent density ({n_dead} dead of {dens.numel()})", fontsize=9)
+    ax.set_title(f"{title + ': ' if title else ''}{n_dead} of {dens.numel()} latents dead",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
