@@ -35,6 +35,7 @@ __all__ = [
     "extract_for_questions",
     "load_model_from_config",
     "load_questions",
+    "organism_checkpoint",
     "prompt_template",
     "run_probe_stage",
 ]
@@ -48,12 +49,10 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
     """
     name = str(model_cfg["name"])
     if name == "organism":
-        from probing import organism
+        from probing.organism import ensure_organism
 
-        ensure = getattr(organism, "ensure_organism", None)
-        if ensure is not None:
-            name = str(ensure(model_cfg.get("organism"), bool(model_cfg.get("retrain", False)),
-                              Path(cache_dir) / "organism"))
+        name = str(ensure_organism(model_cfg.get("organism"), bool(model_cfg.get("retrain", False)),
+                                   Path(cache_dir) / "organism"))
     model, tokenizer = load_model(
         name,
         dtype=str(model_cfg.get("dtype", "float32")),
@@ -66,10 +65,19 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
     return model, tokenizer
 
 
+def organism_checkpoint(model: Any) -> str | None:
+    """The folder of a loaded organism (the committed one or a retrained one), else ``None``."""
+    cfg = model.config
+    return str(cfg._name_or_path) if getattr(cfg, "liref_name", None) == "organism" else None
+
+
 def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,
-                   ) -> list[Question]:
+                   organism_path: str | None = None) -> list[Question]:
     """Concatenate question sets (each a kwargs mapping for ``load_question_set``), then draw at
-    most ``n`` balanced across labels."""
+    most ``n`` balanced across labels.
+
+    ``organism_path``: checkpoint whose question sets an ``organism`` entry without a ``path``
+    reads (so a retrained organism is probed on its own corpus)."""
     if not sets:
         raise LirefError("data.sets is empty: name at least one question set")
     questions: list[Question] = []
@@ -77,6 +85,8 @@ def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed
         spec = dict(spec)
         if "name" not in spec:
             raise LirefError(f"question set entry {spec} has no 'name'")
+        if spec["name"] == "organism" and spec.get("path") is None and organism_path:
+            spec["path"] = organism_path
         questions.extend(load_question_set(**{"seed": seed, **spec}))
     if n is not None:
         questions = sample_balanced(questions, n=n, seed=seed)

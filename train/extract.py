@@ -13,6 +13,7 @@ from probing.workflow import (
     extract_for_questions,
     load_model_from_config,
     load_questions,
+    organism_checkpoint,
     prompt_template,
 )
 from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
@@ -23,7 +24,8 @@ log = logging.getLogger("liref.extract")
 def extract(ctx: JobContext) -> dict:
     cfg = ctx.cfg
     model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
-    questions = load_questions(plain(cfg.data.sets), cfg.data.get("n"), cfg.seed)
+    questions = load_questions(plain(cfg.data.sets), cfg.data.get("n"), cfg.seed,
+                               organism_checkpoint(model))
     layers = None if cfg.layers is None else list(cfg.layers)
     cached = extract_for_questions(model, tokenizer, questions, cfg.cache_dir, layers,
                                    cfg.position, cfg.batch_size, prompt_template(cfg.prompt))

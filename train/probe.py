@@ -12,6 +12,7 @@ from probing.workflow import (
     extract_for_questions,
     load_model_from_config,
     load_questions,
+    organism_checkpoint,
     prompt_template,
     run_probe_stage,
 )
@@ -27,7 +28,7 @@ def probe(ctx: JobContext) -> dict:
     layers = None if cfg.layers is None else list(cfg.layers)
 
     def activations(sets: list) -> tuple:
-        qs = load_questions(sets, cfg.data.get("n"), cfg.seed)
+        qs = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model))
         return extract_for_questions(model, tokenizer, qs, cfg.cache_dir, layers, cfg.position,
                                      cfg.batch_size, template), qs
 
