@@ -20,7 +20,8 @@ from probing.hooks import check_layers, forward_residual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["POSITIONS", "Position", "extract_activations", "pool_positions", "tokenize_prompts"]
+__all__ = ["POSITIONS", "Position", "extract_activations", "pad_right", "pool_positions",
+           "tokenize_prompts"]
 
 Position = Literal["last", "mean"]
 POSITIONS: tuple[str, ...] = ("last", "mean")
@@ -37,7 +38,7 @@ def tokenize_prompts(tokenizer: object, prompts: Sequence[str]) -> list[list[int
     return [list(ids) for ids in encoded]
 
 
-def _pad_right(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad: real tokens keep positions 0..len-1, so causal outputs equal unbatched ones."""
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -95,7 +96,7 @@ def extract_activations(
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc="activations", disable=not progress or len(batches) < 4):
         idx = order[start : start + batch_size]
-        input_ids, mask = _pad_right([token_ids[i] for i in idx], pad_id)
+        input_ids, mask = pad_right([token_ids[i] for i in idx], pad_id)
         store = forward_residual(model, input_ids, mask, layers)
         pooled = torch.stack([pool_positions(store[layer], mask, position) for layer in layers], 1)
         if out is None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_sha256", "fingerprint", "model_fingerprint"]
+__all__ = ["data_fingerprint", "file_sha256", "fingerprint", "model_fingerprint"]
 
 
 def fingerprint(obj: Any, length: int = 16) -> str:
@@ -26,13 +26,21 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def model_fingerprint(model: Any) -> str:
-    """Model id + revision + architecture config (changes when the model does)."""
-    cfg = model.config
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-    drop = {"_name_or_path", "liref_name", "transformers_version", "torch_dtype", "dtype"}
-    keep = {k: v for k, v in d.items() if k not in drop}
-    name = getattr(cfg, "liref_name", None) or getattr(cfg, "_name_or_path", "")
-    return fingerprint({"name": name, "revision": getattr(cfg, "_commit_hash", None), "cfg": keep})
+    """A cheap hash of a loaded model: its full config plus the first 4096 values of a few
+    weights, so a model retrained or edited in place under the same name gets a new key."""
+    import torch
+
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_json_string"):
+        h.update(cfg.to_json_string(use_diff=False).encode("utf-8"))
+    params = list(model.named_parameters())
+    picks = params[:2] + params[len(params) // 2 : len(params) // 2 + 1] + params[-2:]
+    for name, p in picks:
+        h.update(name.encode("utf-8"))
+        sample = p.detach().reshape(-1)[:4096].to("cpu", torch.float32).contiguous()
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def data_fingerprint(prompts: Sequence[str], labels: Sequence[Any] | None = None) -> str:

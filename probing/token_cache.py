@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from probing.activations import pad_right
 from probing.errors import LirefError
+from probing.fingerprint import model_fingerprint
 from probing.hooks import check_layers, forward_residual
 from probing.io import atomic_write_bytes, read_json, write_json
 from probing.models import model_id, resolve_dtype
@@ -47,7 +49,6 @@ __all__ = [
     "cache_key",
     "get_or_build_token_cache",
     "iter_residual_tokens",
-    "model_fingerprint",
     "token_chunks",
 ]
 
@@ -89,21 +90,6 @@ class TokenStreamConfig:
         resolve_dtype(self.dtype)
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A cheap hash of the model: its config plus the first 4096 values of a few weights."""
-    h = hashlib.sha256()
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "to_json_string"):
-        h.update(cfg.to_json_string(use_diff=False).encode("utf-8"))
-    params = list(model.named_parameters())
-    picks = params[:2] + params[len(params) // 2 : len(params) // 2 + 1] + params[-2:]
-    for name, p in picks:
-        h.update(name.encode("utf-8"))
-        sample = p.detach().reshape(-1)[:4096].to("cpu", torch.float32).contiguous()
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def token_chunks(tokenizer: Any, texts: Iterable[str], context_size: int) -> Iterator[list[int]]:
     """Token id windows of at most ``context_size``; long documents are split and every window
     after the first starts again with BOS (when the tokenizer adds one)."""
@@ -128,21 +114,12 @@ def _batches(chunks: Iterator[list[int]], batch_size: int, pad_id: int, sort_win
     ``batch_size * sort_window`` at a time and sorted by length, so little compute goes to
     padding; the order is deterministic."""
 
-    def emit(batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        t = max(len(c) for c in batch)
-        ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), t), dtype=torch.long)
-        for i, c in enumerate(batch):
-            ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[i, : len(c)] = 1
-        return ids, mask
-
     window: list[list[int]] = []
 
     def flush() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         window.sort(key=len)
         for i in range(0, len(window), batch_size):
-            yield emit(window[i : i + batch_size])
+            yield pad_right(window[i : i + batch_size], pad_id)
         window.clear()
 
     for chunk in chunks:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from probing.errors import LirefError
+from probing.fingerprint import model_fingerprint
 from probing.hooks import forward_residual
 from probing.models import decoder_layers
 from probing.token_cache import (
@@ -20,7 +21,6 @@ from probing.token_cache import (
     cache_key,
     get_or_build_token_cache,
     iter_residual_tokens,
-    model_fingerprint,
     text_batches,
     token_chunks,
 )
