@@ -13,7 +13,6 @@ they came from) that keys activation caches. Sources:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,19 +100,14 @@ def _read_file(path: Path, text_field: str) -> list[str]:
     if not path.is_file():
         raise LirefError(f"corpus file not found: {path}")
     if path.suffix == ".jsonl":
+        from probing.questions._io import read_rows
+
         texts = []
-        with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LirefError(f"corpus file {path}: line {i} is not JSON ({exc})") from exc
-                if text_field not in row:
-                    raise LirefError(f"corpus file {path}: line {i} has no field {text_field!r} "
-                                     f"(fields: {sorted(row)}); set corpus.text_field")
-                texts.append(str(row[text_field]))
+        for row in read_rows(path, "jsonl", what="corpus file"):
+            if text_field not in row.data:
+                raise LirefError(f"corpus file {row.where} has no field {text_field!r} "
+                                 f"(fields: {sorted(row.data)}); set corpus.text_field")
+            texts.append(str(row.data[text_field]))
         return texts
     if path.suffix in (".txt", ".text", ""):
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

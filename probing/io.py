@@ -12,8 +12,8 @@ from typing import Any
 
 from probing.errors import LirefError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "flat_metrics", "read_json", "write_json",
-           "write_metrics"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "flat_metrics", "flatten", "read_json",
+           "write_json", "write_metrics"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -66,14 +66,22 @@ def read_json(path: str | Path) -> Any:
         raise LirefError(f"corrupted JSON file {path}: {exc}") from exc
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
 def flat_metrics(metrics: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, float]:
     """Flatten nested metrics to ``{"a/b": number}``; non-numbers are dropped."""
     out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flat_metrics(value, name, sep))
-            continue
+    for name, value in flatten(metrics, prefix, sep).items():
         value = _jsonable(value)
         if isinstance(value, bool):
             out[name] = float(value)

@@ -15,23 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from probing.io import flatten
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MODES", "Tracker", "flatten", "read_offline_run", "tracked"]
 
 MODES = ("offline", "online", "disabled")
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
 
 
 class Tracker:

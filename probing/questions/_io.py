@@ -91,8 +91,9 @@ def read_rows(
     path: Path,
     fmt: str | None = None,
     fieldnames: Sequence[str] | None = None,
+    what: str = "question file",
 ) -> list[Row]:
-    """Read all records of a local data file.
+    """Read all records of a local data file (``what`` names it in error messages).
 
     Args:
         path: the file.
@@ -105,11 +106,11 @@ def read_rows(
     """
     fmt = fmt or file_format(path)
     if not path.is_file():
-        raise LirefError(f"question file {str(path)!r} does not exist; pass an existing local file")
+        raise LirefError(f"{what} {str(path)!r} does not exist; pass an existing local file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise LirefError(f"cannot read question file {str(path)!r}: {e}") from e
+        raise LirefError(f"cannot read {what} {str(path)!r}: {e}") from e
     if fmt == "jsonl":
         rows = list(_jsonl_rows(text, str(path)))
     elif fmt == "json":
@@ -123,7 +124,7 @@ def read_rows(
     else:
         raise LirefError(f"unsupported file format {fmt!r}; allowed: {list(FORMATS)}")
     if not rows:
-        raise LirefError(f"question file {str(path)!r} is empty (no records)")
+        raise LirefError(f"{what} {str(path)!r} is empty (no records)")
     logger.debug("read %d records from %s", len(rows), path)
     return rows
 
