@@ -48,9 +48,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--layer-frac", type=float, default=0.5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     tok.padding_side = "right"
     n_layers = num_layers(model)
@@ -72,7 +73,7 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     result = {
         "model": args.model, "n_prompts": args.n, "batch_size": args.batch_size,
-        "n_layers": n_layers, "layer": layer,
+        "n_layers": n_layers, "layer": layer, "torch_threads": args.threads,
         "liref_prompts_per_s": args.n / best["liref"],
         "hf_prompts_per_s": args.n / best["hf_output_hidden_states"],
         "speedup": best["hf_output_hidden_states"] / best["liref"],
