@@ -15,13 +15,11 @@ from probing.errors import LirefError
 from probing.models import decoder_layers
 from probing.sae import (
     LIREF_SAE_FILENAME,
-    SAEDataConfig,
     SAETrainConfig,
     load_sae,
     make_training_sae,
     save_sae,
     train_sae,
-    train_sae_on_corpus,
 )
 from probing.sae_metrics import (
     METRIC_KEYS,
@@ -29,6 +27,7 @@ from probing.sae_metrics import (
     reconstruction_metrics,
     splice_block_output,
 )
+from probing.sae_runs import SAEDataConfig, train_sae_on_corpus
 from probing.token_cache import activation_batches, text_batches
 from tests.job_fixtures import run_module
 

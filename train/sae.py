@@ -15,13 +15,8 @@ import hydra
 from omegaconf import DictConfig
 
 from probing.corpus import load_corpus
-from probing.sae import (
-    SAEDataConfig,
-    SAETrainConfig,
-    evaluate_pretrained_on_corpus,
-    load_sae,
-    train_sae_on_corpus,
-)
+from probing.sae import SAETrainConfig, load_sae
+from probing.sae_runs import SAEDataConfig, evaluate_pretrained_on_corpus, train_sae_on_corpus
 from probing.workflow import load_model_from_config
 from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
 
