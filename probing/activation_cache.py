@@ -158,9 +158,10 @@ class ActivationCache:
 
 
 def _spec(model: Any, prompts: Sequence[str], labels: Sequence[str] | None,
-          position: str) -> dict[str, Any]:
+          position: str, add_special_tokens: bool) -> dict[str, Any]:
     return {
         "model": model_id(model),
+        "add_special_tokens": add_special_tokens,
         "model_fingerprint": model_fingerprint(model),
         "position": position,
         "data_fingerprint": data_fingerprint(prompts, labels),
@@ -196,6 +197,7 @@ def cached_extract(
     ids: Sequence[str] | None = None,
     shard_size: int = 512,
     progress: bool = True,
+    add_special_tokens: bool = True,
 ) -> CachedActivations:
     """Read activations from the cache, or extract them (resuming a partial entry).
 
@@ -208,7 +210,7 @@ def cached_extract(
     if shard_size < 1:
         raise LirefError(f"shard_size must be >= 1, got {shard_size}")
     layers = check_layers(model, layers)
-    spec = _spec(model, prompts, labels, position)
+    spec = _spec(model, prompts, labels, position, add_special_tokens)
     hit = find_cache(cache_dir, spec, layers)
     if hit is not None:
         try:
@@ -246,7 +248,8 @@ def cached_extract(
             if start in done:
                 continue
             acts = extract_activations(model, tokenizer, prompts[start : start + shard_size],
-                                       layers, position, batch_size, progress)
+                                       layers, position, batch_size, progress,
+                                       add_special_tokens)
             manifest["d_model"] = int(acts.shape[-1])
             cache.write_shard(manifest, start, acts)
         manifest["shards"].sort(key=lambda s: s["start"])

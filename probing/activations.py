@@ -27,11 +27,13 @@ Position = Literal["last", "mean"]
 POSITIONS: tuple[str, ...] = ("last", "mean")
 
 
-def tokenize_prompts(tokenizer: object, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt (special tokens as the tokenizer adds them), unpadded."""
+def tokenize_prompts(tokenizer: object, prompts: Sequence[str], add_special_tokens: bool = True,
+                     ) -> list[list[int]]:
+    """Token ids of each prompt, unpadded. ``add_special_tokens=False`` for prompts that already
+    hold them (a chat template's rendered string starts with its own BOS)."""
     if len(prompts) == 0:
         raise LirefError("no prompts to extract activations from (the question set is empty)")
-    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]  # type: ignore[operator]
+    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]  # type: ignore[operator]
     for i, ids in enumerate(encoded):
         if len(ids) == 0:
             raise LirefError(f"prompt {i} ({prompts[i]!r}) has no tokens")
@@ -70,6 +72,7 @@ def extract_activations(
     position: str = "last",
     batch_size: int = 8,
     progress: bool = True,
+    add_special_tokens: bool = True,
 ) -> torch.Tensor:
     """Residual activations at one position of each prompt.
 
@@ -79,6 +82,7 @@ def extract_activations(
         position: ``"last"`` (last prompt token) or ``"mean"`` (mean over the prompt's tokens).
         batch_size: prompts per forward pass; batches are sorted by length (less padding) and
             the forward pass stops after the last requested block.
+        add_special_tokens: let the tokenizer add BOS etc.; False for chat-templated prompts.
 
     Returns:
         ``[N, len(layers), d_model]`` float32 on CPU, rows in the order of ``prompts``.
@@ -88,7 +92,7 @@ def extract_activations(
     if batch_size < 1:
         raise LirefError(f"batch_size must be >= 1, got {batch_size}")
     layers = check_layers(model, layers)
-    token_ids = tokenize_prompts(tokenizer, prompts)
+    token_ids = tokenize_prompts(tokenizer, prompts, add_special_tokens)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = 0 if pad_id is None else int(pad_id)
     order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))

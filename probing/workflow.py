@@ -108,9 +108,10 @@ def extract_for_questions(model: Any, tokenizer: Any, questions: Sequence[Questi
                           template: PromptTemplate | None = None) -> CachedActivations:
     """Prompt the questions and return their (cached) activations ``[N, L, d]``."""
     prompts = format_prompts(questions, template, tokenizer)
+    chat = template is not None and template.chat  # the chat template already added BOS
     return cached_extract(model, tokenizer, prompts, cache_dir, layers=layers, position=position,
                           batch_size=batch_size, labels=[q.label for q in questions],
-                          ids=[q.id for q in questions])
+                          ids=[q.id for q in questions], add_special_tokens=not chat)
 
 
 @dataclass

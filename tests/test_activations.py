@@ -104,3 +104,16 @@ def test_extraction_sees_an_active_intervention_hook(tiny_llama):
     torch.testing.assert_close(steered[:, 0] - clean[:, 0], shift.expand(len(PROMPTS), -1),
                                atol=1e-4, rtol=0)
     assert not torch.allclose(steered[:, 1], clean[:, 1])  # the edit propagates downstream
+
+
+def test_prompts_with_their_own_special_tokens(tiny_llama):
+    """Chat-templated prompts already start with BOS: add_special_tokens=False adds no second."""
+    model, tok = tiny_llama
+    prompts = [tok.bos_token + p for p in PROMPTS[:3]]
+    acts = extract_activations(model, tok, prompts, layers=[0], add_special_tokens=False,
+                               progress=False)
+    for i, p in enumerate(prompts):
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
+        assert enc["input_ids"][0].tolist().count(tok.bos_token_id) == 1
+        hs = model(**enc, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(acts[i, 0], hs[1][0, -1], atol=1e-5, rtol=0)
