@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["plot_layer_metrics", "plot_pca"]
 
@@ -24,6 +25,7 @@ def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
     for key in keys:
         ax.plot(layers, [r[key] for r in per_layer], marker="o", label=key)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (output of decoder block)")
     ax.set_ylabel("held-out score")
     ax.set_ylim(0.0, 1.02)
