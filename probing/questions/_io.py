@@ -217,6 +217,29 @@ def require_columns(rows: Iterable[Row], columns: Sequence[str]) -> None:
 # The Hugging Face hub
 
 
+def hub_or_file_rows(hub_name: str, config: str | None, path: str | Path | None,
+                     split: str) -> list[Row]:
+    """Rows of the hub data set ``hub_name`` (``path`` None) or of the local file/folder."""
+    if path is None:
+        return load_hub_rows(hub_name, config, split)
+    return read_rows(resolve_file(path, split))
+
+
+def keep_values(rows: list[Row], column: str, wanted: str | Sequence[str] | None, loader: str,
+                option: str) -> list[Row]:
+    """Rows whose ``column`` is in ``wanted`` (all rows when ``None``); unknown values raise
+    ``LirefError`` naming the loader's ``option`` and listing the values present."""
+    if wanted is None:
+        return rows
+    keep = {wanted} if isinstance(wanted, str) else set(wanted)
+    present = {str(r.data[column]) for r in rows}
+    unknown = keep - present
+    if unknown:
+        raise LirefError(f"{loader}: unknown {option} {sorted(unknown)}; "
+                         f"allowed: {sorted(present)}")
+    return [r for r in rows if str(r.data[column]) in keep]
+
+
 def load_hub_rows(name: str, config: str | None, split: str) -> list[Row]:
     """Load ``datasets.load_dataset(name, config, split=split)`` as rows.
 

@@ -8,12 +8,9 @@ from typing import Any
 
 from probing.errors import LirefError
 from probing.questions._io import (
-    Row,
-    load_hub_rows,
-    read_rows,
+    hub_or_file_rows,
     reject_unknown_options,
     require_columns,
-    resolve_file,
     strip_thousands,
 )
 from probing.questions.record import Question
@@ -48,10 +45,7 @@ def load_gsm8k(path: str | None = None, split: str | None = None, **options: Any
     """
     reject_unknown_options("gsm8k", options, [])
     split = split or DEFAULT_SPLIT
-    if path is None:
-        rows: list[Row] = load_hub_rows(HUB_NAME, HUB_CONFIG, split)
-    else:
-        rows = read_rows(resolve_file(path, split))
+    rows = hub_or_file_rows(HUB_NAME, HUB_CONFIG, path, split)
     require_columns(rows, ["question", "answer"])
     questions = []
     for row in rows:

@@ -11,13 +11,12 @@ from typing import Any
 from probing.errors import LirefError
 from probing.questions._io import (
     Row,
-    load_hub_rows,
+    hub_or_file_rows,
+    keep_values,
     parse_answers,
     parse_label,
-    read_rows,
     reject_unknown_options,
     require_columns,
-    resolve_file,
 )
 from probing.questions.record import Question
 
@@ -127,21 +126,9 @@ def load_mmlu_pro(
     for cat, lab in label_map.items():
         parse_label(lab, f"mmlu_pro category_labels[{cat!r}]")
     split = split or DEFAULT_SPLIT
-    if path is None:
-        rows: list[Row] = load_hub_rows(HUB_NAME, None, split)
-    else:
-        rows = read_rows(resolve_file(path, split))
+    rows = hub_or_file_rows(HUB_NAME, None, path, split)
     require_columns(rows, ["question", "options", "category"])
-
-    if categories is not None:
-        wanted = {categories} if isinstance(categories, str) else set(categories)
-        present = {str(r.data["category"]) for r in rows}
-        unknown = wanted - present
-        if unknown:
-            raise LirefError(
-                f"mmlu_pro: unknown categories {sorted(unknown)}; allowed: {sorted(present)}"
-            )
-        rows = [r for r in rows if r.data["category"] in wanted]
+    rows = keep_values(rows, "category", categories, "mmlu_pro", "categories")
 
     questions = []
     for row in rows:

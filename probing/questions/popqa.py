@@ -6,15 +6,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from probing.errors import LirefError
 from probing.questions._io import (
-    Row,
-    load_hub_rows,
+    hub_or_file_rows,
+    keep_values,
     parse_answers,
-    read_rows,
     reject_unknown_options,
     require_columns,
-    resolve_file,
 )
 from probing.questions.record import Question
 
@@ -63,19 +60,9 @@ def load_popqa(
     """
     reject_unknown_options("popqa", options, ["props"])
     split = split or DEFAULT_SPLIT
-    if path is None:
-        rows: list[Row] = load_hub_rows(HUB_NAME, None, split)
-    else:
-        rows = read_rows(resolve_file(path, split))
+    rows = hub_or_file_rows(HUB_NAME, None, path, split)
     require_columns(rows, ["question", "prop", "possible_answers"])
-    if props is not None:
-        wanted = {props} if isinstance(props, str) else set(props)
-        present = {str(r.data["prop"]) for r in rows}
-        if wanted - present:
-            raise LirefError(
-                f"popqa: unknown props {sorted(wanted - present)}; allowed: {sorted(present)}"
-            )
-        rows = [r for r in rows if r.data["prop"] in wanted]
+    rows = keep_values(rows, "prop", props, "popqa", "props")
 
     questions = []
     no_answer = 0
