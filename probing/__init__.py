@@ -5,8 +5,7 @@ Public entry points are re-exported lazily so that ``import probing`` stays fast
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from probing.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -28,8 +27,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'probing' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("probing", _EXPORTS)

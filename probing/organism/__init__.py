@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any
+
+from probing.lazy import lazy_getattr
 
 #: The committed default checkpoint (config, weights, tokenizer, metrics.json, COMMAND).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
@@ -37,8 +37,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["DEFAULT_CHECKPOINT", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'probing.organism' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("probing.organism", _EXPORTS)
