@@ -54,3 +54,19 @@ def test_unsupported_architecture_is_named(tiny_llama):
 
     with pytest.raises(LirefError, match="unsupported architecture 'bert'"):
         decoder_layers(Fake())
+
+
+def test_device_map_passes_through_to_accelerate(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    model, _ = load_model(str(tiny_model_dir("llama")), device_map={"": "cpu"})
+    assert seen["device_map"] == {"": "cpu"}
+    assert next(model.parameters()).device.type == "cpu"
