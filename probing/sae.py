@@ -19,13 +19,13 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from probing.errors import LirefError
+from probing.errors import LirefError, from_mapping
 from probing.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,7 @@ class SAETrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAETrainConfig:
         """Build from a (Hydra) mapping; unknown keys raise, naming the allowed ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise LirefError(f"unknown SAE setting(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, "SAE")
 
     def width(self, d_in: int) -> int:
         return int(self.d_sae) if self.d_sae is not None else int(self.expansion_factor * d_in)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from probing.errors import LirefError
+from probing.errors import LirefError, from_mapping
 from probing.sae import LIREF_SAE_FILENAME, LogFn, SAETrainConfig, load_sae, save_sae, train_sae
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,7 @@ class SAEDataConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEDataConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise LirefError(f"unknown activation setting(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, "activation")
 
     def ce_last_n(self, corpus_source: str) -> int | None:
         """``ce_last_tokens`` with ``"auto"`` resolved for a corpus source."""
