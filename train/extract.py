@@ -8,15 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 from probing.io import write_json
-from probing.workflow import (
-    describe_model,
-    extract_for_questions,
-    load_model_from_config,
-    load_questions,
-    organism_checkpoint,
-    prompt_template,
-)
-from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
+from probing.workflow import describe_model, load_model_from_config
+from train.jobkit import CONFIG_PATH, JobContext, plain, question_activations, run_job
 
 log = logging.getLogger("liref.extract")
 
@@ -24,11 +17,7 @@ log = logging.getLogger("liref.extract")
 def extract(ctx: JobContext) -> dict:
     cfg = ctx.cfg
     model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
-    questions = load_questions(plain(cfg.data.sets), cfg.data.get("n"), cfg.seed,
-                               organism_checkpoint(model))
-    layers = None if cfg.layers is None else list(cfg.layers)
-    cached = extract_for_questions(model, tokenizer, questions, cfg.cache_dir, layers,
-                                   cfg.position, cfg.batch_size, prompt_template(cfg.prompt))
+    cached, questions = question_activations(cfg, model, tokenizer, plain(cfg.data.sets))
     info = {**describe_model(model), "cache": str(cached.folder), "layers": cached.layers,
             "shape": list(cached.acts.shape), "position": cfg.position}
     write_json(ctx.run_dir / "activations.json", info)

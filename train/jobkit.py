@@ -125,3 +125,20 @@ def log_probe_report(ctx: JobContext, report: Any) -> None:
     log.info("best layer %d: held-out accuracy %.3f, AUROC %.3f; probe in %s",
              report.best_layer, report.metrics["best/accuracy"], report.metrics["best/auroc"],
              report.files["probe"])
+
+
+def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list) -> tuple:
+    """``(CachedActivations [N, L, d], questions)`` of question ``sets`` under the job's
+    ``data.n``, ``seed``, ``layers``, ``position``, ``batch_size``, ``prompt`` and cache."""
+    from probing.workflow import (
+        extract_for_questions,
+        load_questions,
+        organism_checkpoint,
+        prompt_template,
+    )
+
+    questions = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model))
+    layers = None if cfg.layers is None else list(cfg.layers)
+    cached = extract_for_questions(model, tokenizer, questions, cfg.cache_dir, layers,
+                                   cfg.position, cfg.batch_size, prompt_template(cfg.prompt))
+    return cached, questions
