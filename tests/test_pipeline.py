@@ -43,3 +43,24 @@ def test_pipeline_rejects_unknown_stage(tmp_path):
                       "stages=[probe,fly]", cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown stages ['fly']; allowed: ['probe', 'sae']" in proc.stderr
+
+
+def test_pipeline_stages_share_one_loaded_model(tmp_path, monkeypatch):
+    """Each stage gets its own run dir but the model is loaded once per pipeline run."""
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    import probing.workflow as workflow
+    from probing.tracking import Tracker
+    from train.jobkit import JobContext
+
+    loads = []
+    monkeypatch.setattr(workflow, "load_model_from_config",
+                        lambda m, c: loads.append(m["name"]) or ("model", "tok"))
+    cfg = OmegaConf.create({"model": {"name": "x"}, "cache_dir": str(tmp_path)})
+    ctx = JobContext(cfg=cfg, run_dir=tmp_path, tracker=Tracker(mode="disabled"))
+    a = replace(ctx, run_dir=tmp_path / "probe")
+    b = replace(ctx, run_dir=tmp_path / "sae")
+    assert a.model() == b.model() == ("model", "tok")
+    assert loads == ["x"]

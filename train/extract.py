@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from probing.io import write_json
-from probing.workflow import describe_model, load_model_from_config
+from probing.workflow import describe_model
 from train.jobkit import CONFIG_PATH, JobContext, plain, question_activations, run_job
 
 log = logging.getLogger("liref.extract")
@@ -16,7 +16,7 @@ log = logging.getLogger("liref.extract")
 
 def extract(ctx: JobContext) -> dict:
     cfg = ctx.cfg
-    model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
+    model, tokenizer = ctx.model()
     cached, questions = question_activations(cfg, model, tokenizer, plain(cfg.data.sets))
     info = {**describe_model(model), "cache": str(cached.folder), "layers": cached.layers,
             "shape": list(cached.acts.shape), "position": cfg.position}

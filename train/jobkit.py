@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,16 @@ class JobContext:
     cfg: DictConfig
     run_dir: Path
     tracker: Tracker
+    #: shared by the stage contexts of one pipeline run (``dataclasses.replace`` keeps it)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def model(self) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` of ``cfg.model``, loaded once per job (stages share it)."""
+        if "model" not in self.shared:
+            from probing.workflow import load_model_from_config
+
+            self.shared["model"] = load_model_from_config(self.cfg.model, self.cfg.cache_dir)
+        return self.shared["model"]
 
 
 def plain(node: Any) -> Any:

@@ -7,7 +7,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from probing.workflow import describe_model, load_model_from_config, run_probe_stage
+from probing.workflow import describe_model, run_probe_stage
 from train.jobkit import (
     CONFIG_PATH,
     JobContext,
@@ -22,7 +22,7 @@ log = logging.getLogger("liref.probe")
 
 def probe(ctx: JobContext) -> dict:
     cfg = ctx.cfg
-    model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
+    model, tokenizer = ctx.model()
     cached, questions = question_activations(cfg, model, tokenizer, plain(cfg.data.sets))
     transfer = {str(t["name"]): question_activations(cfg, model, tokenizer, t["sets"])
                 for t in plain(cfg.data.transfer) or []}

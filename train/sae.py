@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from probing.corpus import load_corpus
 from probing.sae import SAETrainConfig, load_sae
 from probing.sae_runs import SAEDataConfig, evaluate_pretrained_on_corpus, train_sae_on_corpus
-from probing.workflow import load_model_from_config
 from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
 
 log = logging.getLogger("liref.sae")
@@ -33,7 +32,7 @@ def sae_job(ctx: JobContext) -> dict[str, Any]:
     if pretrained:  # first, so that an unreachable hub fails before the model loads
         sae = load_sae(pretrained["release"], pretrained.get("sae_id"),
                        device=str(sae_cfg.get("device", "cpu")), dtype=sae_cfg.get("dtype"))
-    model, tokenizer = load_model_from_config(cfg.model, cfg.cache_dir)
+    model, tokenizer = ctx.model()
     checkpoint = model.config._name_or_path if cfg.model.name == "organism" else None
     corpus = load_corpus(**plain(cfg.corpus), seed=int(cfg.seed), organism_checkpoint=checkpoint)
 
