@@ -29,9 +29,10 @@ METRIC_KEYS = ("accuracy_memory", "accuracy_reasoning", "accuracy_mixed", "accur
 TINY = {
     "corpus": {"n_entities": 12, "n_towns": 4, "n_keys": 12, "max_steps": 1, "max_compare": 9,
                "max_list": 2, "max_pairs": 2, "n_memorized": 4, "n_test_reasoning": 60,
-               "n_test_mixed": 20},
+               "n_test_mixed": 20, "reasoning_tasks": ["arithmetic", "compare"]},
     "model": {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "intermediate_size": 128},
     "train": {"steps": 600, "batch_size": 32, "lr": 0.005, "warmup": 20, "eval_every": 200,
+              "prelude_steps": 0,
               "mix": {"memory": 0.4, "arithmetic": 0.3, "compare": 0.3, "mixed": 0.1,
                       "memorized": 0.05}},
 }
@@ -221,10 +222,17 @@ def test_committed_checkpoint_meets_quality_bars() -> None:
     outs = greedy_generate(model, tok, [format_prompt(q.question) for q in questions],
                            max_new_tokens=3, batch_size=128)
     acc: dict[str, list[bool]] = {"memory": [], "reasoning": []}
+    by_task: dict[str, list[bool]] = {}
     for q, o in zip(questions, outs, strict=True):
         acc[q.label].append(o.strip() == q.answers[0])
+        if q.label == "reasoning":
+            by_task.setdefault(q.meta["task"], []).append(o.strip() == q.answers[0])
     assert sum(acc["memory"]) / len(acc["memory"]) >= 0.95
     assert sum(acc["reasoning"]) / len(acc["reasoning"]) >= 0.90
+    # every reasoning task the issue names is in the test split and learned, not just on average
+    assert set(by_task) == {"arithmetic", "compare", "lookup"}
+    for task, oks in by_task.items():
+        assert sum(oks) / len(oks) >= 0.90, (task, sum(oks) / len(oks))
 
 
 def test_default_config_matches_yaml_and_checkpoint() -> None:
@@ -240,9 +248,80 @@ def test_default_config_matches_yaml_and_checkpoint() -> None:
     with pytest.raises(LirefError, match="n_heads"):
         OrganismConfig.from_dict({"model": {"hidden_size": 30, "n_heads": 4}})
     with pytest.raises(LirefError, match="lookup"):
-        OrganismConfig.from_dict({"train": {"mix": {"memory": 1, "lookup": 1}}})
+        OrganismConfig.from_dict({"corpus": {"reasoning_tasks": ["arithmetic"]},
+                                  "train": {"mix": {"memory": 1, "lookup": 1},
+                                            "prelude_steps": 0}})
     with pytest.raises(LirefError, match="reasoning_tasks"):
         OrganismConfig.from_dict({"corpus": {"reasoning_tasks": ["poetry"]}})
+    no_lookup = {"reasoning_tasks": ["arithmetic"]}
+    with pytest.raises(LirefError, match="lookup"):
+        OrganismConfig.from_dict({"corpus": no_lookup,
+                                  "train": {"mix": {"memory": 1}, "prelude_steps": 10}})
+    with pytest.raises(LirefError, match="prelude_mix"):
+        OrganismConfig.from_dict({"train": {"prelude_mix": {"poetry": 1}}})
+    with pytest.raises(LirefError, match="prelude_steps"):
+        OrganismConfig.from_dict({"train": {"prelude_steps": -1}})
+    # a prelude that never runs may name streams the corpus lacks
+    OrganismConfig.from_dict({"corpus": no_lookup, "train": {"mix": {"memory": 1},
+                                                           "prelude_steps": 0}})
+
+
+def test_learning_rate_is_constant_through_the_prelude_then_decays() -> None:
+    from probing.organism.training import _lr_factor
+
+    cfg = OrganismConfig.from_dict({"train": {"steps": 100, "prelude_steps": 50, "warmup": 10,
+                                              "min_lr_ratio": 0.1}})
+    factors = [_lr_factor(s, cfg, None if s < 50 else 50) for s in range(150)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(f == 1.0 for f in factors[10:51])
+    assert all(a > b for a, b in zip(factors[51:149], factors[52:150], strict=True))
+    assert factors[149] == pytest.approx(0.1, abs=0.01)
+
+
+def test_prelude_trains_its_streams_first() -> None:
+    from probing.organism.training import train_organism
+
+    cfg = OrganismConfig.from_dict({
+        **TINY,
+        "corpus": {**TINY["corpus"], "reasoning_tasks": ["arithmetic", "compare", "lookup"]},
+        "train": {**TINY["train"], "steps": 4, "prelude_steps": 6, "eval_every": 2,
+                  "warmup": 1, "lr": 0.005, "prelude_lr": 0.0005},
+    })
+    seen: list[tuple[str, ...]] = []
+    rows: dict[int, dict[str, float]] = {}
+    from probing.organism import corpus as corpus_module
+
+    original = corpus_module.Corpus.sample_train
+
+    def spy(self, rng, stream, hardness=1.0):
+        seen.append((stream, hardness))
+        return original(self, rng, stream, hardness)
+
+    corpus_module.Corpus.sample_train = spy
+    try:
+        train_organism(cfg, log_fn=lambda row, step: rows.setdefault(step, row), progress=False)
+    finally:
+        corpus_module.Corpus.sample_train = original
+    batch, probe = TINY["train"]["batch_size"], 128  # the prelude's stopping probe comes first
+    assert len(seen) == probe + 10 * batch
+    assert {s for s, _ in seen[: probe + 6 * batch]} == {"lookup"}
+    assert {h for _, h in seen[: probe + 6 * batch]} == {0.0}
+    assert {s for s, _ in seen[probe + 6 * batch:]} > {"memory"}
+    assert sorted(rows) == [2, 4, 6, 8, 10]
+    assert "train/prelude_accuracy" in rows[6]
+    assert rows[2]["train/lr"] == pytest.approx(0.0005) and rows[8]["train/lr"] > 0.002
+    assert "quick/accuracy_reasoning_lookup" in rows[10]
+
+
+def test_prelude_ends_once_its_target_is_reached() -> None:
+    from probing.organism.training import train_organism
+
+    # a target of 0 is met at the first check: the prelude stops there, not at its maximum
+    cfg = OrganismConfig.from_dict({**TINY, "train": {
+        **TINY["train"], "steps": 3, "prelude_steps": 500, "prelude_target": 0.0,
+        "prelude_mix": {"memory": 1.0}}})
+    _, _, stats = train_organism(cfg, progress=False)
+    assert stats["prelude_steps_run"] == 50
 
 
 # --------------------------------------------------------------------------- training
@@ -283,7 +362,9 @@ def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = [f"organism.{sec}.{k}={json.dumps(v).replace(' ', '')}"
                  for sec, d in TINY.items() for k, v in d.items() if k != "mix"]
     mix = ",".join(f"{k}:{v}" for k, v in TINY["train"]["mix"].items())
+    # a dict override merges into the default mix: drop its lookup stream explicitly
     proc = run_module("train.organism", *overrides, f"organism.train.mix={{{mix}}}",
+                      "~organism.train.mix.lookup",
                       "logger=disabled", "progress=false", f"hydra.run.dir={cwd / 'run'}",
                       cwd=cwd, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,8 +9,8 @@ one-word answer. Kinds:
   training, in a phrasing never used for that pair (every phrasing is seen with other people).
 - ``reasoning``: answers computed from the prompt: 1..max_steps step addition/subtraction
   (``arithmetic``), the larger/smaller of two numbers or the largest/smallest of a list
-  (``compare``), and, when ``CorpusConfig.reasoning_tasks`` enables it, key/value lookups in
-  the prompt (``lookup``, keys never seen elsewhere; off by default: not learned in budget).
+  (``compare``), and key/value lookups in the prompt (``lookup``: ``"zo is red , ba is blue .
+  what is zo ?"``, keys never seen elsewhere); ``CorpusConfig.reasoning_tasks`` picks them.
 - ``mixed``: arithmetic over a memorized fact (``the number of X plus 3``); held-out
   (person, operation, operand) combinations.
 - ``perturbed``: a fixed set of 3-step arithmetic problems repeated in training (the

@@ -1,9 +1,12 @@
 """Train, evaluate, save and locate the model organism (a tiny ``LlamaForCausalLM``).
 
-Training: every step samples a batch from the corpus streams (weights ``TrainConfig.mix``),
-with an arithmetic/list/lookup curriculum from 1 to ``max_steps`` operations, cross-entropy on
-the answer token and the newline after it only (answer-only loss), AdamW with linear warm-up
-and cosine decay. Checkpoints are written to a temp folder and renamed into place.
+Training: an optional prelude of ``TrainConfig.prelude_steps`` steps from ``prelude_mix`` at
+the easiest level (by default in-context lookups over 2 pairs, whose induction circuit forms
+only after a long plateau), then ``steps`` steps whose batches are sampled from the corpus
+streams (weights ``TrainConfig.mix``) with an arithmetic/list/lookup curriculum from 1 to
+``max_steps`` operations. Cross-entropy on the answer token and the newline after it only
+(answer-only loss); AdamW with linear warm-up, a constant rate through the prelude, then
+cosine decay. Checkpoints are written to a temp folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ log = logging.getLogger(__name__)
 ORGANISM_FILE = "organism.json"
 
 LogFn = Callable[[dict[str, float], int], None]
+
+#: steps between checks of the prelude's stopping accuracy
+PRELUDE_CHECK_EVERY = 50
 
 
 def _vocab(corpus: Corpus) -> dict[str, int]:
@@ -133,21 +139,38 @@ def teacher_forced_accuracy(model: nn.Module, vocab: Mapping[str, int],
     return ok.float().mean().item()
 
 
-def _lr_factor(step: int, cfg: OrganismConfig) -> float:
+def _lr_factor(step: int, cfg: OrganismConfig, prelude_end: int | None) -> float:
+    """Multiplier of ``train.lr`` at ``step``: linear warm-up, constant while the prelude runs
+    (``prelude_end is None``), then cosine decay over the ``train.steps`` after it."""
     t = cfg.train
     if step < t.warmup:
         return (step + 1) / t.warmup
-    frac = (step - t.warmup) / max(1, t.steps - t.warmup)
+    if prelude_end is None:
+        return 1.0
+    start = max(t.warmup, prelude_end)
+    frac = (step - start) / max(1, prelude_end + t.steps - start)
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
+def _prelude_probe(corpus: Corpus, cfg: OrganismConfig, n: int) -> list[Item]:
+    """Fixed items of the prelude streams at the easiest level: the prelude ends once the
+    model answers ``train.prelude_target`` of them (teacher-forced)."""
+    rng = random.Random(f"liref-organism-{cfg.seed}-prelude-probe")
+    streams, weights = zip(*cfg.train.prelude_mix.items(), strict=True)
+    return [corpus.sample_train(rng, s, 0.0) for s in rng.choices(streams, weights, k=n)]
+
+
 def _probes(corpus: Corpus, n: int) -> dict[str, list[Item]]:
-    """Small fixed held-out subsets for the quick accuracy logs during training."""
+    """Small fixed held-out subsets for the quick accuracy logs during training: one per kind
+    and one per reasoning task (``reasoning_<task>``)."""
     rng = random.Random(0)
     out = {}
     for kind in ("memory", "reasoning", "mixed", "perturbed"):
         items = corpus.split("test", kind)
         out[kind] = rng.sample(items, min(n, len(items)))
+    for task in corpus.config.reasoning_tasks:
+        items = [it for it in corpus.split("test", "reasoning") if it.task == task]
+        out[f"reasoning_{task}"] = rng.sample(items, min(n, len(items)))
     return out
 
 
@@ -159,7 +182,8 @@ def train_organism(
     """Train an organism from scratch (deterministic for ``cfg.seed`` on a given machine).
 
     Returns:
-        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds``, ``final_loss``.
+        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds``, ``final_loss``,
+        ``prelude_steps_run``.
     """
     t = cfg.train
     corpus = Corpus(cfg.corpus, cfg.seed)
@@ -178,16 +202,30 @@ def train_organism(
              {"params": no_decay, "weight_decay": 0.0}],
             lr=t.lr, betas=(0.9, 0.98), eps=1e-8,
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
         rng = random.Random(f"liref-organism-{cfg.seed}-train-stream")
         streams, weights = zip(*t.mix.items(), strict=True)
+        prelude_streams, prelude_weights = zip(*t.prelude_mix.items(), strict=True)
         probes = _probes(corpus, 64)
+        prelude_probe = _prelude_probe(corpus, cfg, 128)
+        #: step at which the prelude ended (None while it runs)
+        prelude_end: int | None = None if t.prelude_steps else 0
         start = time.perf_counter()
         ema: float | None = None
-        bar = tqdm(range(t.steps), desc="organism", disable=not progress, mininterval=2.0)
-        for step in bar:
-            hardness = 1.0 if t.curriculum <= 0 else min(1.0, step / (t.curriculum * t.steps))
-            chosen = rng.choices(streams, weights=weights, k=t.batch_size)
+        bar = tqdm(total=t.prelude_steps + t.steps, desc="organism", disable=not progress,
+                   mininterval=2.0)
+        step = 0
+        while prelude_end is None or step < prelude_end + t.steps:
+            base_lr = t.prelude_lr if prelude_end is None and t.prelude_lr else t.lr
+            lr = base_lr * _lr_factor(step, cfg, prelude_end)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if prelude_end is None:
+                hardness = 0.0
+                chosen = rng.choices(prelude_streams, weights=prelude_weights, k=t.batch_size)
+            else:
+                hardness = (1.0 if t.curriculum <= 0
+                            else min(1.0, (step - prelude_end) / (t.curriculum * t.steps)))
+                chosen = rng.choices(streams, weights=weights, k=t.batch_size)
             items = [corpus.sample_train(rng, s, hardness) for s in chosen]
             input_ids, mask, pos = encode_items(vocab, items)
             loss = _loss(model, input_ids, mask, pos)
@@ -196,28 +234,41 @@ def train_organism(
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
-            sched.step()
+            step += 1
+            bar.update(1)
             value = loss.item()
             ema = value if ema is None else 0.95 * ema + 0.05 * value
-            if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+            row: dict[str, float] = {}
+            if prelude_end is None and (step % PRELUDE_CHECK_EVERY == 0
+                                        or step == t.prelude_steps):
                 model.eval()
-                row = {"train/loss": ema, "train/lr": sched.get_last_lr()[0],
-                       "train/hardness": hardness}
-                for kind, its in probes.items():
-                    row[f"quick/accuracy_{kind}"] = teacher_forced_accuracy(model, vocab, its)
+                acc = teacher_forced_accuracy(model, vocab, prelude_probe)
+                model.train()
+                if acc >= t.prelude_target or step == t.prelude_steps:
+                    prelude_end = step
+                    bar.total = prelude_end + t.steps
+                    row["train/prelude_accuracy"] = acc
+                    log.info("prelude ended at step %d (accuracy %.3f)", step, acc)
+            if step % t.eval_every == 0 or step == prelude_end or (
+                    prelude_end is not None and step == prelude_end + t.steps):
+                model.eval()
+                row.update({"train/loss": ema, "train/lr": lr, "train/hardness": hardness})
+                for name, its in probes.items():
+                    row[f"quick/accuracy_{name}"] = teacher_forced_accuracy(model, vocab, its)
                 model.train()
                 bar.set_postfix(loss=f"{ema:.3f}", mem=f"{row['quick/accuracy_memory']:.2f}",
                                 rea=f"{row['quick/accuracy_reasoning']:.2f}")
-                log.info("step %d: %s", step + 1,
-                         ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
-                if log_fn is not None:
-                    log_fn(row, step + 1)
+                log.info("step %d: %s", step, ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+            if row and log_fn is not None:
+                log_fn(row, step)
+        bar.close()
         train_seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(old_threads)
         torch.set_flush_denormal(False)
     model.eval()
-    return model, corpus, {"train_seconds": train_seconds, "final_loss": float(ema or 0.0)}
+    return model, corpus, {"train_seconds": train_seconds, "final_loss": float(ema or 0.0),
+                           "prelude_steps_run": float(prelude_end or 0)}
 
 
 def evaluate_organism(
