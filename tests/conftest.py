@@ -34,3 +34,15 @@ def tiny_llama(tiny_model_dir):
     from probing.models import load_model
 
     return load_model(str(tiny_model_dir("llama")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    shared 2-core box two threads are several times slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

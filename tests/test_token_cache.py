@@ -29,13 +29,7 @@ from tests.tiny_models import PROMPTS
 TEXTS = PROMPTS * 6 + ["the capital city of red is blue . " * 12]  # one long document
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core box two threads are several times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ForwardCounter:
