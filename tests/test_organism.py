@@ -261,6 +261,8 @@ def test_default_config_matches_yaml_and_checkpoint() -> None:
         OrganismConfig.from_dict({"train": {"prelude_mix": {"poetry": 1}}})
     with pytest.raises(LirefError, match="prelude_steps"):
         OrganismConfig.from_dict({"train": {"prelude_steps": -1}})
+    with pytest.raises(LirefError, match="prelude_lr"):
+        OrganismConfig.from_dict({"train": {"prelude_lr": 0}})
     # a prelude that never runs may name streams the corpus lacks
     OrganismConfig.from_dict({"corpus": no_lookup, "train": {"mix": {"memory": 1},
                                                            "prelude_steps": 0}})

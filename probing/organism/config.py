@@ -164,6 +164,8 @@ class TrainConfig:
         _check_positive(self, ["steps", "batch_size", "lr", "eval_every", "threads"])
         if self.prelude_steps < 0:
             raise LirefError(f"TrainConfig.prelude_steps must be >= 0, got {self.prelude_steps}")
+        if self.prelude_lr is not None and self.prelude_lr <= 0:
+            raise LirefError(f"TrainConfig.prelude_lr must be > 0 or null, got {self.prelude_lr}")
         for name in ("mix", "prelude_mix"):
             mix = getattr(self, name)
             unknown = set(mix) - set(STREAMS)

@@ -140,8 +140,9 @@ def teacher_forced_accuracy(model: nn.Module, vocab: Mapping[str, int],
 
 
 def _lr_factor(step: int, cfg: OrganismConfig, prelude_end: int | None) -> float:
-    """Multiplier of ``train.lr`` at ``step``: linear warm-up, constant while the prelude runs
-    (``prelude_end is None``), then cosine decay over the ``train.steps`` after it."""
+    """Multiplier of the base rate at ``step`` (``train.prelude_lr`` while the prelude runs,
+    ``train.lr`` after): linear warm-up, constant while the prelude runs (``prelude_end is
+    None``), then cosine decay over the ``train.steps`` after it."""
     t = cfg.train
     if step < t.warmup:
         return (step + 1) / t.warmup
@@ -206,7 +207,7 @@ def train_organism(
         streams, weights = zip(*t.mix.items(), strict=True)
         prelude_streams, prelude_weights = zip(*t.prelude_mix.items(), strict=True)
         probes = _probes(corpus, 64)
-        prelude_probe = _prelude_probe(corpus, cfg, 128)
+        prelude_probe = _prelude_probe(corpus, cfg, 128) if t.prelude_steps else []
         #: step at which the prelude ended (None while it runs)
         prelude_end: int | None = None if t.prelude_steps else 0
         start = time.perf_counter()
@@ -215,7 +216,8 @@ def train_organism(
                    mininterval=2.0)
         step = 0
         while prelude_end is None or step < prelude_end + t.steps:
-            base_lr = t.prelude_lr if prelude_end is None and t.prelude_lr else t.lr
+            in_prelude = prelude_end is None and t.prelude_lr is not None
+            base_lr = t.prelude_lr if in_prelude else t.lr
             lr = base_lr * _lr_factor(step, cfg, prelude_end)
             for group in opt.param_groups:
                 group["lr"] = lr
