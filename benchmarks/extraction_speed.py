@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from probing.activations import extract_activations, tokenize_prompts
+from probing.activations.extract import extract_activations, tokenize_prompts
 from probing.models import load_model, num_layers
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extraction_speed.json"

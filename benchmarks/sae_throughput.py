@@ -26,10 +26,14 @@ from typing import Any
 
 import torch
 
-from probing.corpus import load_corpus
+from probing.activations.corpus import load_corpus
+from probing.activations.tokens import (
+    TokenStreamConfig,
+    activation_batches,
+    get_or_build_token_cache,
+)
 from probing.models import load_model, num_layers
-from probing.sae import SAETrainConfig, train_sae
-from probing.token_cache import TokenStreamConfig, activation_batches, get_or_build_token_cache
+from probing.sae.training import SAETrainConfig, train_sae
 
 log = logging.getLogger("liref.bench.sae")
 RESULTS = Path(__file__).resolve().parent / "results" / "sae_throughput.json"

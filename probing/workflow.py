@@ -16,17 +16,17 @@ import numpy as np
 import torch
 
 from probing import __version__
-from probing.activation_cache import CachedActivations, cached_extract
-from probing.directions import layer_directions, save_directions, select_layer
+from probing.activations.cache import CachedActivations, cached_extract
 from probing.errors import LirefError
 from probing.io import write_json
 from probing.models import load_model, model_id
-from probing.plots import plot_layer_metrics, plot_pca
-from probing.probe_eval import evaluate_layers, transfer_metrics
-from probing.probes import make_probe
+from probing.probes.directions import layer_directions, save_directions, select_layer
+from probing.probes.estimators import make_probe
+from probing.probes.evaluation import evaluate_layers, transfer_metrics
 from probing.questions import LABEL_TO_INT, Question, load_question_set
 from probing.questions.prompts import PromptTemplate, format_prompts
 from probing.questions.sampling import sample_balanced
+from probing.report.plots import plot_layer_metrics, plot_pca
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-import probing.activation_cache as ac
-from probing.activation_cache import ActivationCache, cached_extract
-from probing.activations import extract_activations
+import probing.activations.cache as ac
+from probing.activations.cache import ActivationCache, cached_extract
+from probing.activations.extract import extract_activations
 from probing.errors import LirefError
 from tests.tiny_models import PROMPTS
 

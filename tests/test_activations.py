@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probing.activations import extract_activations
+from probing.activations.extract import extract_activations
 from probing.errors import LirefError
 from probing.hooks import check_layers, forward_residual
 from probing.models import decoder_layers, load_model

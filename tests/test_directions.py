@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from probing.directions import (
+from probing.errors import LirefError
+from probing.probes.directions import (
     diff_in_means,
     layer_directions,
     load_directions,
@@ -13,7 +14,6 @@ from probing.directions import (
     select_layer,
     unit,
 )
-from probing.errors import LirefError
 
 
 def test_diff_in_means_is_float64_class_mean_difference():

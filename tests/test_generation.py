@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probing.generation import greedy_generate
+from probing.evaluation.generation import greedy_generate
 
 WORDS = ["Q:", "##A:", "##\n", "##", "a", "b", "c", "d", "e", "f", "g", "?"]
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from probing.activation_cache import ActivationCache
+from probing.activations.cache import ActivationCache
 from probing.errors import LirefError
-from probing.probes import load_probe
+from probing.probes.estimators import load_probe
 from probing.tracking import read_offline_run
 from tests.job_fixtures import REPO, run_module, write_questions
 

@@ -206,7 +206,7 @@ def test_tokenizer_round_trip(corpus: Corpus, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- committed checkpoint
 def test_committed_checkpoint_meets_quality_bars() -> None:
     from probing import load_model
-    from probing.generation import greedy_generate
+    from probing.evaluation.generation import greedy_generate
 
     files = [p for p in DEFAULT_CHECKPOINT.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 8 * 2**20
@@ -339,10 +339,10 @@ def test_training_is_deterministic() -> None:
 
 def test_ensure_organism_trains_into_cache_once(tmp_path: Path, monkeypatch) -> None:
     from probing import load_model
-    from probing.organism import training
+    from probing.organism import store, training
 
     cfg = {**TINY, "train": {**TINY["train"], "steps": 5}}
-    folder = training.ensure_organism(cfg, retrain=False, cache_dir=tmp_path)
+    folder = store.ensure_organism(cfg, retrain=False, cache_dir=tmp_path)
     assert folder == tmp_path / f"organism-{OrganismConfig.from_dict(cfg).config_hash()}"
     assert (folder / "metrics.json").is_file() and not list(tmp_path.glob(".*tmp*"))
     model, tok = load_model(str(folder))
@@ -352,7 +352,7 @@ def test_ensure_organism_trains_into_cache_once(tmp_path: Path, monkeypatch) -> 
         raise AssertionError("should have used the cache")
 
     monkeypatch.setattr(training, "train_and_save", no_training)
-    assert training.ensure_organism(cfg, retrain=True, cache_dir=tmp_path) == folder
+    assert store.ensure_organism(cfg, retrain=True, cache_dir=tmp_path) == folder
     qs = load_organism_questions(str(folder), kinds=["memory"])
     assert len(qs) == 12 * 3
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from probing.probes import load_probe
-from probing.sae import load_sae
+from probing.probes.estimators import load_probe
+from probing.sae.training import load_sae
 from tests.job_fixtures import run_module, write_questions
 from tests.tiny_models import save_tiny_model
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from probing.errors import LirefError
-from probing.probe_eval import evaluate_layers, heldout_splits
-from probing.probes import PROBES, DiffMeanProbe, load_probe, make_probe
+from probing.probes.estimators import PROBES, DiffMeanProbe, load_probe, make_probe
+from probing.probes.evaluation import evaluate_layers, heldout_splits
 
 
 def _data(n=200, d=16, shift=1.5, seed=0):

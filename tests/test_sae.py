@@ -10,10 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from probing.corpus import load_corpus
+from probing.activations.corpus import load_corpus
+from probing.activations.tokens import activation_batches, text_batches
 from probing.errors import LirefError
 from probing.models import decoder_layers
-from probing.sae import (
+from probing.sae.metrics import (
+    METRIC_KEYS,
+    ce_loss_recovered,
+    reconstruction_metrics,
+    splice_block_output,
+)
+from probing.sae.runs import SAEDataConfig, train_sae_on_corpus
+from probing.sae.training import (
     LIREF_SAE_FILENAME,
     SAETrainConfig,
     load_sae,
@@ -21,14 +29,6 @@ from probing.sae import (
     save_sae,
     train_sae,
 )
-from probing.sae_metrics import (
-    METRIC_KEYS,
-    ce_loss_recovered,
-    reconstruction_metrics,
-    splice_block_output,
-)
-from probing.sae_runs import SAEDataConfig, train_sae_on_corpus
-from probing.token_cache import activation_batches, text_batches
 from tests.job_fixtures import run_module
 
 ORGANISM_CKPT = Path(__file__).resolve().parents[1] / "probing" / "organism" / "checkpoint"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from probing.errors import LirefError
-from probing.questions import Question
-from probing.questions.scoring import (
+from probing.evaluation.scorers import (
     answer_type,
     cut_completion,
     extract_choice,
@@ -16,6 +15,7 @@ from probing.questions.scoring import (
     numbers_equal,
     score_completions,
 )
+from probing.questions import Question
 
 
 def mk(answers: tuple[str, ...], label: str = "memory", **meta: object) -> Question:

@@ -9,11 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probing.errors import LirefError
-from probing.fingerprint import model_fingerprint
-from probing.hooks import forward_residual
-from probing.models import decoder_layers
-from probing.token_cache import (
+from probing.activations.tokens import (
     MANIFEST_FILENAME,
     TokenActivationCache,
     TokenStreamConfig,
@@ -24,6 +20,10 @@ from probing.token_cache import (
     text_batches,
     token_chunks,
 )
+from probing.errors import LirefError
+from probing.fingerprint import model_fingerprint
+from probing.hooks import forward_residual
+from probing.models import decoder_layers
 from tests.tiny_models import PROMPTS
 
 TEXTS = PROMPTS * 6 + ["the capital city of red is blue . " * 12]  # one long document
@@ -215,7 +215,7 @@ def test_layer_out_of_range_raises(tiny_llama, tmp_path):
 
 
 def test_corpus_sources(tmp_path, monkeypatch):
-    from probing.corpus import PROMPT_TEMPLATE, load_corpus
+    from probing.activations.corpus import PROMPT_TEMPLATE, load_corpus
     from tests.job_fixtures import write_questions
 
     txt = tmp_path / "c.txt"

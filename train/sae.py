@@ -14,9 +14,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from probing.corpus import load_corpus
-from probing.sae import SAETrainConfig, load_sae
-from probing.sae_runs import SAEDataConfig, evaluate_pretrained_on_corpus, train_sae_on_corpus
+from probing.activations.corpus import load_corpus
+from probing.sae.runs import SAEDataConfig, evaluate_pretrained_on_corpus, train_sae_on_corpus
+from probing.sae.training import SAETrainConfig, load_sae
 from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
 
 log = logging.getLogger("liref.sae")

@@ -26,10 +26,10 @@ _EXPORTS: dict[str, str] = {
     "format_text": "probing.organism.corpus",
     "load_organism_questions": "probing.organism.questions",
     "build_tokenizer": "probing.organism.tokenizer",
-    "ensure_organism": "probing.organism.training",
+    "ensure_organism": "probing.organism.store",
     "evaluate_organism": "probing.organism.training",
-    "load_organism_config": "probing.organism.training",
-    "save_checkpoint": "probing.organism.training",
+    "load_organism_config": "probing.organism.store",
+    "save_checkpoint": "probing.organism.store",
     "train_and_save": "probing.organism.training",
     "train_organism": "probing.organism.training",
 }

@@ -20,7 +20,7 @@ def organism_corpus(path: str | Path | None = None, seed: int | None = None,
                     corpus: dict[str, Any] | None = None) -> Corpus:
     """The corpus of checkpoint ``path`` (default: the committed organism); ``seed`` and
     ``corpus`` (a ``CorpusConfig`` dict) override what the checkpoint stores."""
-    from probing.organism.training import load_organism_config
+    from probing.organism.store import load_organism_config
 
     if path is None and seed is not None and corpus is not None:
         cfg = OrganismConfig(seed=seed)

@@ -13,20 +13,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPECIAL_TOKENS", "NEWLINE", "build_tokenizer", "save_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "NEWLINE", "build_tokenizer", "save_tokenizer", "vocab_of"]
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS)
 NEWLINE = "##\n"
 
 
+def vocab_of(words: Sequence[str]) -> dict[str, int]:
+    """Token ids: ``SPECIAL_TOKENS`` first, then ``words`` (duplicates keep the first id)."""
+    vocab: dict[str, int] = {}
+    for w in (*SPECIAL_TOKENS, *words):
+        vocab.setdefault(w, len(vocab))
+    return vocab
+
+
 def build_tokenizer(words: Sequence[str]) -> Any:
     """A ``tokenizers.Tokenizer`` over ``SPECIAL_TOKENS + words`` (ids in that order)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    vocab: dict[str, int] = {}
-    for w in (*SPECIAL_TOKENS, *words):
-        vocab.setdefault(w, len(vocab))
+    vocab = vocab_of(words)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Sequence(
         [normalizers.Replace("\n", " ##\n ##"), normalizers.Replace(Regex(r" ##\z"), "")]

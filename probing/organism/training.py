@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,20 +23,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.errors import LirefError
-from probing.io import read_json, write_json
 from probing.organism.config import OrganismConfig
 from probing.organism.corpus import Corpus, Item, format_prompt
-from probing.organism.tokenizer import BOS, EOS, NEWLINE, PAD, SPECIAL_TOKENS, save_tokenizer
+from probing.organism.store import save_checkpoint
+from probing.organism.tokenizer import BOS, EOS, NEWLINE, PAD, SPECIAL_TOKENS, vocab_of
 
 __all__ = [
-    "ORGANISM_FILE",
     "build_model",
     "encode_items",
-    "ensure_organism",
     "evaluate_organism",
-    "load_organism_config",
-    "save_checkpoint",
     "teacher_forced_accuracy",
     "train_and_save",
     "train_organism",
@@ -46,20 +39,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: JSON file in every organism checkpoint: its full config, hash and vocabulary size.
-ORGANISM_FILE = "organism.json"
-
 LogFn = Callable[[dict[str, float], int], None]
 
 #: steps between checks of the prelude's stopping accuracy
 PRELUDE_CHECK_EVERY = 50
-
-
-def _vocab(corpus: Corpus) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for w in (*SPECIAL_TOKENS, *corpus.vocabulary):
-        vocab.setdefault(w, len(vocab))
-    return vocab
 
 
 def build_model(cfg: OrganismConfig, vocab_size: int) -> nn.Module:
@@ -188,7 +171,7 @@ def train_organism(
     """
     t = cfg.train
     corpus = Corpus(cfg.corpus, cfg.seed)
-    vocab = _vocab(corpus)
+    vocab = vocab_of(corpus.vocabulary)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(t.threads)
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls down 10x
@@ -286,7 +269,7 @@ def evaluate_organism(
     Returns ``accuracy_{memory,reasoning,mixed,perturbed}``, ``stale_rate_perturbed`` (share
     of perturbed items answered with the memorized answer), ``accuracy_reasoning_{task}``.
     """
-    from probing.generation import greedy_generate
+    from probing.evaluation.generation import greedy_generate
 
     metrics: dict[str, float] = {}
     for kind in ("memory", "reasoning", "mixed", "perturbed"):
@@ -309,95 +292,6 @@ def evaluate_organism(
             stale = [o.strip() == it.meta["stale_answer"] for o, it in zip(outs, items, strict=True)]
             metrics["stale_rate_perturbed"] = sum(stale) / max(1, len(stale))
     return metrics
-
-
-def save_checkpoint(
-    model: nn.Module,
-    corpus: Corpus,
-    cfg: OrganismConfig,
-    folder: str | Path,
-    metrics: Mapping[str, Any] | None = None,
-    command: str | None = None,
-) -> Path:
-    """Write model, tokenizer, ``organism.json`` (+ ``metrics.json``, ``COMMAND``) to a temp
-    folder beside ``folder``, then rename it into place (an old checkpoint is replaced only
-    once the new one is complete)."""
-    from probing import __version__
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        save_tokenizer(corpus.vocabulary, tmp)
-        write_json(tmp / ORGANISM_FILE, {
-            "config": cfg.to_dict(),
-            "config_hash": cfg.config_hash(),
-            "vocab_size": len(_vocab(corpus)),
-            "liref_version": __version__,
-        })
-        if metrics is not None:
-            write_json(tmp / "metrics.json", dict(metrics))
-        if command is not None:
-            (tmp / "COMMAND").write_text(command.rstrip("\n") + "\n", encoding="utf-8")
-        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def load_organism_config(path: str | Path | None = None) -> OrganismConfig:
-    """The ``OrganismConfig`` stored in checkpoint ``path`` (default: the committed one)."""
-    from probing.organism import DEFAULT_CHECKPOINT
-
-    folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    file = folder / ORGANISM_FILE
-    if path is None and not file.is_file():
-        log.warning("no committed organism checkpoint at %s; using the default config", folder)
-        return OrganismConfig()
-    if not file.is_file():
-        raise LirefError(
-            f"{folder} is not an organism checkpoint (no {ORGANISM_FILE}); train one with "
-            f"`python -m train.organism` or pass path=None for the committed default"
-        )
-    return OrganismConfig.from_dict(read_json(file)["config"])
-
-
-def ensure_organism(
-    cfg_dict: Mapping[str, Any] | None,
-    retrain: bool = False,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> Path:
-    """The checkpoint folder to load for organism config ``cfg_dict``.
-
-    The default config (``None`` or the committed checkpoint's config) without ``retrain``
-    gives ``DEFAULT_CHECKPOINT``. Otherwise the organism is trained into
-    ``cache_dir/organism-<config hash>/`` unless a complete one is already there.
-    """
-    from probing.organism import DEFAULT_CHECKPOINT
-
-    cfg = OrganismConfig.from_dict(cfg_dict)
-    default_hash = None
-    if (DEFAULT_CHECKPOINT / ORGANISM_FILE).is_file():
-        default_hash = read_json(DEFAULT_CHECKPOINT / ORGANISM_FILE).get("config_hash")
-    if not retrain and cfg.config_hash() == default_hash:
-        return DEFAULT_CHECKPOINT
-    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "liref"
-    folder = root.expanduser() / f"organism-{cfg.config_hash()}"
-    if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
-        log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
-        return folder
-    log.info("training organism %s into %s", cfg.config_hash(), folder)
-    train_and_save(cfg, folder, progress=progress)
-    return folder
 
 
 def _hf_tokenizer(corpus: Corpus) -> Any:

@@ -141,7 +141,7 @@ def _organism_config(checkpoint: Path) -> Any:
     from probing.organism.config import OrganismConfig
 
     if (checkpoint / "organism.json").is_file():
-        from probing.organism.training import load_organism_config
+        from probing.organism.store import load_organism_config
 
         return load_organism_config(checkpoint)
     return OrganismConfig()

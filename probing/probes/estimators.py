@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probing import __version__
-from probing.directions import check_labels, diff_in_means, unit
 from probing.errors import LirefError
 from probing.io import read_json, write_json
+from probing.probes.directions import check_labels, diff_in_means, unit
 
 log = logging.getLogger(__name__)
 

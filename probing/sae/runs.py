@@ -1,6 +1,6 @@
 """SAE runs over a text corpus: token stream -> (cached) activations -> sae-lens training ->
-held-out metrics -> saved SAE. The building blocks are ``probing.sae`` (configs, training,
-save/load), ``probing.token_cache`` (activations) and ``probing.sae_metrics`` (metrics).
+held-out metrics -> saved SAE. The building blocks are ``probing.sae.training`` (configs, training,
+save/load), ``probing.activations.tokens`` (activations) and ``probing.sae.metrics`` (metrics).
 
 Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``).
 """
@@ -16,7 +16,14 @@ from typing import Any
 import torch
 
 from probing.errors import LirefError, from_mapping
-from probing.sae import LIREF_SAE_FILENAME, LogFn, SAETrainConfig, load_sae, save_sae, train_sae
+from probing.sae.training import (
+    LIREF_SAE_FILENAME,
+    LogFn,
+    SAETrainConfig,
+    load_sae,
+    save_sae,
+    train_sae,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,7 @@ class SAEDataConfig:
     Args:
         layer: decoder block (``None`` = the middle one, ``n_layers // 2``).
         context_size, batch_size, drop_bos, dtype, shard_tokens, max_tokens: the token stream
-            (see ``probing.token_cache.TokenStreamConfig``); ``batch_size`` = sequences/forward.
+            (see ``probing.activations.tokens.TokenStreamConfig``); ``batch_size`` = sequences/forward.
         use_cache: extract once into a content-addressed cache under ``cache_dir`` (sweeps
             share it) instead of streaming from the model every epoch.
         cache_dir: cache root (required when ``use_cache``).
@@ -130,7 +137,7 @@ class SAEDataConfig:
         return None if self.ce_last_tokens is None else int(self.ce_last_tokens)
 
     def stream(self, layer: int, max_tokens: int | None = None) -> Any:
-        from probing.token_cache import TokenStreamConfig
+        from probing.activations.tokens import TokenStreamConfig
 
         return TokenStreamConfig(layer=layer, context_size=self.context_size,
                                  batch_size=self.batch_size, drop_bos=self.drop_bos,
@@ -177,7 +184,7 @@ def _sources(model: Any, tokenizer: Any, corpus: Any, data: SAEDataConfig, layer
              ) -> tuple[Callable[[int], Iterator[torch.Tensor]] | None,
                         Callable[[], Iterator[torch.Tensor]], Any, dict, dict]:
     """``(train chunks per epoch, held-out chunks, held-out corpus, cache dirs, built flags)``."""
-    from probing.token_cache import get_or_build_token_cache, iter_residual_tokens
+    from probing.activations.tokens import get_or_build_token_cache, iter_residual_tokens
 
     train_corpus, held_corpus = corpus.split(data.heldout_texts, seed=seed)
     train_stream = data.stream(layer, data.max_tokens)
@@ -219,8 +226,8 @@ def evaluate_sae_on_corpus(
     ce_last_n: int | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Our metrics of an (inference) SAE on held-out tokens: ``(metrics, latent_density)``."""
-    from probing.sae_metrics import ce_loss_recovered, reconstruction_metrics
-    from probing.token_cache import text_batches
+    from probing.activations.tokens import text_batches
+    from probing.sae.metrics import ce_loss_recovered, reconstruction_metrics
 
     rec = reconstruction_metrics(sae, held_chunks(), max_tokens=data.heldout_tokens)
     ce = ce_loss_recovered(
@@ -251,9 +258,9 @@ def train_sae_on_corpus(
     """
     import tempfile
 
+    from probing.activations.tokens import activation_batches
     from probing.models import model_id
-    from probing.sae_metrics import plot_latent_density, reconstruction_metrics
-    from probing.token_cache import activation_batches
+    from probing.sae.metrics import plot_latent_density, reconstruction_metrics
 
     layer = resolve_layer(model, data.layer)
     data = fit_context(model, data)
@@ -310,7 +317,7 @@ def evaluate_pretrained_on_corpus(
 ) -> SAEResult:
     """Our metrics for an already trained SAE (e.g. Gemma Scope) on ``corpus``'s held-out part;
     ``data.layer`` must be the layer the SAE was trained on."""
-    from probing.sae_metrics import plot_latent_density
+    from probing.sae.metrics import plot_latent_density
 
     layer = resolve_layer(model, data.layer)
     data = fit_context(model, data)

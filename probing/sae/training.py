@@ -1,8 +1,8 @@
 """Sparse autoencoders on token-level residual activations, trained with sae-lens.
 
 Training runs sae-lens's own ``SAETrainer`` on a data provider over OUR activations (a token
-cache on disk or a model stream, see ``probing.token_cache``); metrics are ours
-(``probing.sae_metrics``); the result is saved in sae-lens's inference format, so
+cache on disk or a model stream, see ``probing.activations.tokens``); metrics are ours
+(``probing.sae.metrics``); the result is saved in sae-lens's inference format, so
 ``sae_lens.SAE.load_from_disk(path)`` and ``probing.load_sae(path)`` both load it.
 
 Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), which is

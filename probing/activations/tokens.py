@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.activations import pad_right
+from probing.activations.extract import pad_right
 from probing.errors import LirefError
 from probing.fingerprint import model_fingerprint
 from probing.hooks import check_layers, forward_residual

@@ -10,9 +10,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from probing.directions import check_labels
 from probing.errors import LirefError
-from probing.probes import Probe, make_probe
+from probing.probes.directions import check_labels
+from probing.probes.estimators import Probe, make_probe
 
 __all__ = ["evaluate_layers", "evaluate_probe", "heldout_splits", "transfer_metrics"]
 

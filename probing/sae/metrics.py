@@ -187,7 +187,7 @@ def ce_loss_recovered(
     or only the last ``last_n`` of each sequence (e.g. the organism's answer and newline, the
     only tokens it was trained to predict).
     """
-    from probing.token_cache import token_mask
+    from probing.activations.tokens import token_mask
 
     device = model_device(model)
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from probing import __version__
-from probing.activations import POSITIONS, extract_activations
+from probing.activations.extract import POSITIONS, extract_activations
 from probing.errors import LirefError
 from probing.fingerprint import data_fingerprint, file_sha256, fingerprint, model_fingerprint
 from probing.hooks import check_layers

@@ -1,0 +1,120 @@
+"""Organism checkpoints on disk: save atomically, read their config, find or train one.
+
+A checkpoint folder holds the HF model and tokenizer, ``organism.json`` (full config, hash,
+vocabulary size), ``metrics.json`` and ``COMMAND``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from probing.errors import LirefError
+from probing.io import read_json, write_json
+from probing.organism.config import OrganismConfig
+from probing.organism.corpus import Corpus
+from probing.organism.tokenizer import save_tokenizer, vocab_of
+
+__all__ = ["ORGANISM_FILE", "ensure_organism", "load_organism_config", "save_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+#: JSON file in every organism checkpoint: its full config, hash and vocabulary size.
+ORGANISM_FILE = "organism.json"
+
+
+def save_checkpoint(
+    model: nn.Module,
+    corpus: Corpus,
+    cfg: OrganismConfig,
+    folder: str | Path,
+    metrics: Mapping[str, Any] | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write model, tokenizer, ``organism.json`` (+ ``metrics.json``, ``COMMAND``) to a temp
+    folder beside ``folder``, then rename it into place (an old checkpoint is replaced only
+    once the new one is complete)."""
+    from probing import __version__
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_tokenizer(corpus.vocabulary, tmp)
+        write_json(tmp / ORGANISM_FILE, {
+            "config": cfg.to_dict(),
+            "config_hash": cfg.config_hash(),
+            "vocab_size": len(vocab_of(corpus.vocabulary)),
+            "liref_version": __version__,
+        })
+        if metrics is not None:
+            write_json(tmp / "metrics.json", dict(metrics))
+        if command is not None:
+            (tmp / "COMMAND").write_text(command.rstrip("\n") + "\n", encoding="utf-8")
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_organism_config(path: str | Path | None = None) -> OrganismConfig:
+    """The ``OrganismConfig`` stored in checkpoint ``path`` (default: the committed one)."""
+    from probing.organism import DEFAULT_CHECKPOINT
+
+    folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    file = folder / ORGANISM_FILE
+    if path is None and not file.is_file():
+        log.warning("no committed organism checkpoint at %s; using the default config", folder)
+        return OrganismConfig()
+    if not file.is_file():
+        raise LirefError(
+            f"{folder} is not an organism checkpoint (no {ORGANISM_FILE}); train one with "
+            f"`python -m train.organism` or pass path=None for the committed default"
+        )
+    return OrganismConfig.from_dict(read_json(file)["config"])
+
+
+def ensure_organism(
+    cfg_dict: Mapping[str, Any] | None,
+    retrain: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """The checkpoint folder to load for organism config ``cfg_dict``.
+
+    The default config (``None`` or the committed checkpoint's config) without ``retrain``
+    gives ``DEFAULT_CHECKPOINT``. Otherwise the organism is trained into
+    ``cache_dir/organism-<config hash>/`` unless a complete one is already there.
+    """
+    from probing.organism import DEFAULT_CHECKPOINT
+
+    cfg = OrganismConfig.from_dict(cfg_dict)
+    default_hash = None
+    if (DEFAULT_CHECKPOINT / ORGANISM_FILE).is_file():
+        default_hash = read_json(DEFAULT_CHECKPOINT / ORGANISM_FILE).get("config_hash")
+    if not retrain and cfg.config_hash() == default_hash:
+        return DEFAULT_CHECKPOINT
+    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "liref"
+    folder = root.expanduser() / f"organism-{cfg.config_hash()}"
+    if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
+        log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
+        return folder
+    log.info("training organism %s into %s", cfg.config_hash(), folder)
+    from probing.organism import training
+
+    training.train_and_save(cfg, folder, progress=progress)
+    return folder
