@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +12,12 @@ Label = Literal["reasoning", "memory"]
 LABELS: tuple[str, ...] = ("reasoning", "memory")
 #: Integer code used for probe targets: reasoning = 1, memory = 0.
 LABEL_TO_INT: dict[str, int] = {"reasoning": 1, "memory": 0}
+
+
+def normalize_question(text: str) -> str:
+    """The text two questions must share to count as duplicates: Unicode NFKC, case-folded,
+    whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,9 @@ class Question:
         label: ``"reasoning"`` or ``"memory"``.
         source: the question set it came from, e.g. ``"gsm8k"``.
         meta: anything else (multiple-choice ``choices``, ``reasoning_score``, ``kind``, ...).
+        group: the underlying item (paraphrases, the same fact, the same computation share
+            one); held-out splits never put one group on both sides. Default: the normalised
+            question text, so exact duplicates always share a group.
     """
 
     id: str
@@ -32,8 +42,11 @@ class Question:
     label: Label
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
 
     def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", "text:" + normalize_question(self.question))
         if self.label not in LABELS:
             raise LirefError(f"question {self.id!r}: label {self.label!r} is not one of {LABELS}")
         if not isinstance(self.answers, tuple):
@@ -58,4 +71,5 @@ class Question:
             label=d["label"],
             source=str(d.get("source", "")),
             meta=dict(d.get("meta", {})),
+            group=str(d.get("group") or ""),
         )
