@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +20,25 @@ from probing.activations.cache import CachedActivations, cached_extract
 from probing.errors import LirefError
 from probing.io import write_json
 from probing.models import load_model, model_id
-from probing.probes.directions import layer_directions, save_directions, select_layer
+from probing.probes.controls import bow_scores, embedding_scores, mean_input_embeddings
+from probing.probes.directions import layer_directions, save_directions
 from probing.probes.estimators import make_probe
-from probing.probes.evaluation import evaluate_layers, transfer_metrics
+from probing.probes.evaluation import evaluate_layers, score_metrics, transfer_metrics
 from probing.questions import LABEL_TO_INT, Question, load_question_set
 from probing.questions.prompts import PromptTemplate, format_prompts
-from probing.questions.sampling import sample_balanced
+from probing.questions.sampling import dedupe_questions, sample_balanced
 from probing.report.plots import plot_layer_metrics, plot_pca
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ProbeData",
     "ProbeReport",
     "extract_for_questions",
     "load_model_from_config",
     "load_questions",
     "organism_checkpoint",
+    "probe_data",
     "prompt_template",
     "run_probe_stage",
 ]
@@ -73,8 +76,8 @@ def organism_checkpoint(model: Any) -> str | None:
 
 def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,
                    organism_path: str | None = None) -> list[Question]:
-    """Concatenate question sets (each a kwargs mapping for ``load_question_set``), then draw at
-    most ``n`` balanced across labels.
+    """Concatenate question sets (each a kwargs mapping for ``load_question_set``), drop
+    duplicates across sets (normalised text), then draw at most ``n`` balanced across labels.
 
     ``organism_path``: checkpoint whose question sets an ``organism`` entry without a ``path``
     reads (so a retrained organism is probed on its own corpus)."""
@@ -88,6 +91,7 @@ def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed
         if spec["name"] == "organism" and spec.get("path") is None and organism_path:
             spec["path"] = organism_path
         questions.extend(load_question_set(**{"seed": seed, **spec}))
+    questions = dedupe_questions(questions)  # across sets too (MGSM repeats GSM8K items)
     if n is not None:
         questions = sample_balanced(questions, n=n, seed=seed)
     return questions
@@ -107,11 +111,60 @@ def extract_for_questions(model: Any, tokenizer: Any, questions: Sequence[Questi
                           position: str = "last", batch_size: int = 8,
                           template: PromptTemplate | None = None) -> CachedActivations:
     """Prompt the questions and return their (cached) activations ``[N, L, d]``."""
+    return probe_data(model, tokenizer, questions, cache_dir, layers, position, batch_size,
+                      template, controls=False).cached
+
+
+@dataclass
+class ProbeData:
+    """One labelled question set ready for probing.
+
+    Attributes:
+        cached: activations ``[N, L, d]`` (from the cache).
+        questions: the N questions (labels, groups, ids).
+        prompts: the N prompt strings (the bag-of-words control reads them).
+        embeddings: ``[N, d]`` mean input embedding of each prompt's tokens (the embedding
+            control), or ``None``.
+        template: the prompt template (recorded in every saved probe).
+    """
+
+    cached: CachedActivations
+    questions: list[Question]
+    prompts: list[str]
+    embeddings: torch.Tensor | None = None
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """``[N]`` int64: 1 reasoning, 0 memory."""
+        return _targets(self.questions)
+
+    @property
+    def groups(self) -> list[str]:
+        return [q.group for q in self.questions]
+
+    def controls(self) -> dict[str, Any]:
+        """Inputs of the controls: ``{"texts": prompts, "embeddings": [N, d]}``."""
+        out: dict[str, Any] = {"texts": self.prompts}
+        if self.embeddings is not None:
+            out["embeddings"] = self.embeddings.numpy()
+        return out
+
+
+def probe_data(model: Any, tokenizer: Any, questions: Sequence[Question], cache_dir: str | Path,
+               layers: Sequence[int] | None = None, position: str = "last", batch_size: int = 8,
+               template: PromptTemplate | None = None, controls: bool = True) -> ProbeData:
+    """Prompts, cached activations ``[N, L, d]`` and (``controls``) mean input embeddings."""
+    template = template or PromptTemplate()
     prompts = format_prompts(questions, template, tokenizer)
-    chat = template is not None and template.chat  # the chat template already added BOS
-    return cached_extract(model, tokenizer, prompts, cache_dir, layers=layers, position=position,
-                          batch_size=batch_size, labels=[q.label for q in questions],
-                          ids=[q.id for q in questions], add_special_tokens=not chat)
+    special = not template.chat  # a chat template's string already holds its BOS
+    cached = cached_extract(model, tokenizer, prompts, cache_dir, layers=layers,
+                            position=position, batch_size=batch_size,
+                            labels=[q.label for q in questions], ids=[q.id for q in questions],
+                            add_special_tokens=special)
+    embeddings = (mean_input_embeddings(model, tokenizer, prompts, special) if controls
+                  else None)
+    return ProbeData(cached, list(questions), prompts, embeddings, template)
 
 
 @dataclass
@@ -129,66 +182,102 @@ def _targets(questions: Sequence[Question]) -> np.ndarray:
     return np.array([LABEL_TO_INT[q.label] for q in questions], dtype=np.int64)
 
 
+def _transfer(probe: Any, source: ProbeData, fit_idx: np.ndarray, target: ProbeData,
+              layer: int, n_resamples: int, seed: int) -> dict[str, float]:
+    """The probe and its controls, fitted on ``source[fit_idx]``, scored on ``target``."""
+    y_t = target.targets
+    out = transfer_metrics(probe, target.cached.layer(layer), y_t, n_resamples, seed)
+    y_s = source.targets
+    bow = bow_scores([source.prompts[i] for i in fit_idx], y_s[fit_idx], target.prompts)
+    out.update({f"control/bow_{k}": v for k, v in score_metrics(y_t, bow, n_resamples,
+                                                                  seed).items()})
+    if source.embeddings is not None and target.embeddings is not None:
+        emb = embedding_scores(source.embeddings.numpy()[fit_idx], y_s[fit_idx],
+                               target.embeddings.numpy())
+        out.update({f"control/embedding_{k}": v
+                    for k, v in score_metrics(y_t, emb, n_resamples, seed).items()})
+    out["selectivity"] = out["auroc"] - out["control/bow_auroc"]
+    return out
+
+
 def run_probe_stage(
-    cached: CachedActivations,
-    questions: Sequence[Question],
+    data: ProbeData,
     out_dir: str | Path,
     kind: str = "diffmean",
     params: Mapping[str, Any] | None = None,
+    val_size: float = 0.2,
     test_size: float = 0.25,
     k_folds: int | None = None,
     seed: int = 0,
     select_by: str = "auroc",
     metadata: Mapping[str, Any] | None = None,
-    transfer: Mapping[str, tuple[CachedActivations, Sequence[Question]]] | None = None,
+    transfer: Mapping[str, ProbeData] | None = None,
+    n_resamples: int = 1000,
 ) -> ProbeReport:
-    """Probe every cached layer, pick the best, write probes, directions and plots.
+    """Probe every cached layer (``probing.probes.evaluation.evaluate_layers``: layer chosen on
+    validation items, test figures with 95% intervals, bag-of-words and embedding controls),
+    then write the artifacts.
 
-    Writes into ``out_dir``: ``per_layer.json``, ``probes/layer_<l>/`` (fitted on all data),
-    ``probe/`` (the best layer's), ``directions/`` (diff-in-means per layer, float64),
-    ``probe_layers.png`` and ``pca_layer_<l>.png``.
+    Writes into ``out_dir``: ``per_layer.json``, ``split.json`` (question ids of each part),
+    ``probes/layer_<l>/`` and ``directions/`` (fitted on the training part; with nested
+    k-fold on all items), ``probe/`` (the chosen layer's), ``probe_layers.png`` and
+    ``pca_layer_<l>.png``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    y = _targets(questions)
+    cached, questions = data.cached, data.questions
+    y = data.targets
     if len(y) != cached.acts.shape[0]:
         raise LirefError(f"{len(y)} questions but {cached.acts.shape[0]} activation rows")
     layers = cached.layers
-    per_layer = evaluate_layers(cached.acts, y, layers, kind, params, test_size, k_folds, seed)
-    best = select_layer(per_layer, select_by)
+    ev = evaluate_layers(cached.acts, y, layers, kind, params, groups=data.groups,
+                         controls=data.controls(), val_size=val_size, test_size=test_size,
+                         k_folds=k_folds, seed=seed, select_by=select_by,
+                         n_resamples=n_resamples)
+    best = ev.best_layer
+    holdout = ev.split["mode"] == "holdout"
+    fit_idx = np.asarray(ev.split["train"]) if holdout else np.arange(len(y))
+    ids = [q.id for q in questions]
+    split_ids = ({part: [ids[i] for i in ev.split[part]] for part in ("train", "val", "test")}
+                 if holdout else {"test_folds": [[ids[i] for i in f]
+                                                 for f in ev.split["test_folds"]]})
+    write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
     meta = {**dict(metadata or {}), "probe": kind, "liref_version": __version__,
             "position": cached.manifest.get("position"), "model": cached.manifest.get("model"),
-            "n": int(len(y))}
+            "d_model": int(cached.acts.shape[-1]), "prompt_template": asdict(data.template),
+            "n": int(len(y)), "n_fit": int(len(fit_idx)),
+            "fitted_on": "train split" if holdout else "all items (nested k-fold)"}
     files: dict[str, Path] = {}
-    metrics: dict[str, float] = {"best_layer": best, "n_questions": int(len(y))}
-    for row in per_layer:
+    metrics: dict[str, float] = {"best_layer": best, "n_questions": int(len(y)),
+                                 **{f"best/{k}": v for k, v in ev.best.items()}, **ev.controls}
+    for row in ev.rows:
         layer = int(row["layer"])
         probe = make_probe(kind, **dict(params or {}))
         probe.layer = layer
         probe.metadata = {**meta, "layer": layer,
                           "metrics": {k: v for k, v in row.items() if k != "layer"}}
-        probe.fit(cached.layer(layer), y)
+        probe.fit(cached.layer(layer)[fit_idx], y[fit_idx])
         probe.save(out / "probes" / f"layer_{layer:02d}")
         if layer == best:
             files["probe"] = probe.save(out / "probe")
-            for name, (other, other_qs) in (transfer or {}).items():
-                m = transfer_metrics(probe, other.layer(layer), _targets(other_qs))
-                for key, value in m.items():
+            for name, other in (transfer or {}).items():
+                for key, value in _transfer(probe, data, fit_idx, other, layer, n_resamples,
+                                            seed).items():
                     metrics[f"transfer/{name}/{key}"] = value
         for key, value in row.items():
-            if key != "layer":
+            if key != "layer" and not key.startswith("control/"):
                 metrics[f"layer_{layer:02d}/{key}"] = value
-    for key in ("accuracy", "auroc"):
-        metrics[f"best/{key}"] = next(r[key] for r in per_layer if r["layer"] == best)
-    directions = layer_directions(cached.acts, y)
+    directions = layer_directions(cached.acts[fit_idx], y[fit_idx])
     files["directions"] = save_directions(out / "directions", directions, layers, meta)
-    write_json(out / "per_layer.json", per_layer)
+    write_json(out / "per_layer.json", ev.rows)
     files["per_layer"] = out / "per_layer.json"
-    files["plot_layers"] = plot_layer_metrics(per_layer, out / "probe_layers.png",
-                                              title=f"{kind} probe, held-out ({meta['model']})")
+    files["split"] = out / "split.json"
+    files["plot_layers"] = plot_layer_metrics(
+        ev.rows, out / "probe_layers.png", best_layer=best,
+        title=f"{kind} probe, held-out test ({meta['model']})")
     files["plot_pca"] = plot_pca(cached.layer(best), [q.label for q in questions],
                                  out / f"pca_layer_{best:02d}.png", title=f"layer {best}")
-    return ProbeReport(per_layer=per_layer, best_layer=best, metrics=metrics,
+    return ProbeReport(per_layer=ev.rows, best_layer=best, metrics=metrics,
                        directions=directions, files=files)
 
 

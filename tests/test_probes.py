@@ -6,7 +6,6 @@ import torch
 
 from probing.errors import LirefError
 from probing.probes.estimators import PROBES, DiffMeanProbe, load_probe, make_probe
-from probing.probes.evaluation import evaluate_layers, heldout_splits
 
 
 def _data(n=200, d=16, shift=1.5, seed=0):
@@ -86,26 +85,3 @@ def test_unknown_probe_and_bad_params():
 def test_one_class_fit_is_rejected():
     with pytest.raises(LirefError, match="one-class"):
         make_probe("logistic").fit(np.ones((4, 3)), [1, 1, 1, 1])
-
-
-def test_evaluate_layers_is_held_out():
-    rng = np.random.default_rng(0)
-    y = np.array([0, 1] * 60)
-    informative = rng.normal(size=(120, 8)) + 1.2 * (2 * y - 1)[:, None] * np.eye(8)[0]
-    noise = rng.normal(size=(120, 8))
-    acts = torch.tensor(np.stack([noise, informative], 1))
-    rows = evaluate_layers(acts, y, [5, 7], "diffmean", k_folds=4)
-    assert [r["layer"] for r in rows] == [5, 7]
-    assert rows[1]["accuracy"] > 0.8 and rows[1]["auroc"] > 0.85
-    assert 0.3 < rows[0]["accuracy"] < 0.7  # noise: near chance held-out
-    assert rows[0]["train_accuracy"] > rows[0]["accuracy"]  # overfits train, not test
-    assert -1.0 <= rows[1]["cos_logistic_diffmean"] <= 1.0
-
-
-def test_heldout_splits_are_disjoint_and_stratified():
-    y = np.array([0] * 30 + [1] * 10)
-    ((tr, te),) = heldout_splits(y, test_size=0.25, seed=0)
-    assert not set(tr) & set(te) and len(tr) + len(te) == 40
-    assert y[te].sum() == 2 or y[te].sum() == 3
-    with pytest.raises(LirefError, match="k_folds=20 needs at least 20 examples per class"):
-        heldout_splits(y, k_folds=20)

@@ -25,12 +25,19 @@ def test_chat_prompts_are_tokenized_without_a_second_bos(tiny_llama, tmp_path):
     assert chat.folder != plain.folder
 
 
-def test_load_questions_concatenates_and_balances(tmp_path):
+def test_load_questions_concatenates_balances_and_drops_duplicates(tmp_path):
     path = write_questions(tmp_path / "q.jsonl", n_per_label=10)
     qs = load_questions([{"name": "jsonl", "path": str(path)}], n=8, seed=1)
     assert len(qs) == 8 and sum(q.label == "reasoning" for q in qs) == 4
+    # the same set twice: the second copy of every question is a duplicate
     both = load_questions([{"name": "jsonl", "path": str(path)}] * 2)
-    assert len(both) == 40
+    assert len(both) == 20
+    # duplicates up to case and spacing, inside one file, are dropped before sampling
+    rows = path.read_text().splitlines()
+    rows.append(rows[0].replace("what is 0 plus", "WHAT  is 0 plus").replace('"r0"', '"dup"'))
+    path.write_text("\n".join(rows) + "\n")
+    again = load_questions([{"name": "jsonl", "path": str(path)}])
+    assert len(again) == 20 and "dup" not in {q.id for q in again}
     with pytest.raises(LirefError, match="data.sets is empty"):
         load_questions([])
     with pytest.raises(LirefError, match="has no 'name'"):

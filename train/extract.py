@@ -17,7 +17,8 @@ log = logging.getLogger("liref.extract")
 def extract(ctx: JobContext) -> dict:
     cfg = ctx.cfg
     model, tokenizer = ctx.model()
-    cached, questions = question_activations(cfg, model, tokenizer, plain(cfg.data.sets))
+    data = question_activations(cfg, model, tokenizer, plain(cfg.data.sets), controls=False)
+    cached, questions = data.cached, data.questions
     info = {**describe_model(model), "cache": str(cached.folder), "layers": cached.layers,
             "shape": list(cached.acts.shape), "position": cfg.position}
     write_json(ctx.run_dir / "activations.json", info)

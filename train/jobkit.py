@@ -132,23 +132,24 @@ def log_probe_report(ctx: JobContext, report: Any) -> None:
         ctx.tracker.log_image(f"probe/{key}", report.files[key])
     ctx.tracker.log_artifact(report.files["probe"], f"probe-layer{report.best_layer}", "probe")
     ctx.tracker.log_artifact(report.files["directions"], "liref-directions", "direction")
-    log.info("best layer %d: held-out accuracy %.3f, AUROC %.3f; probe in %s",
-             report.best_layer, report.metrics["best/accuracy"], report.metrics["best/auroc"],
+    m = report.metrics
+    log.info("layer %d (chosen on validation): test accuracy %.3f [%.3f, %.3f], AUROC %.3f "
+             "[%.3f, %.3f]; bag-of-words AUROC %.3f, embedding AUROC %s; probe in %s",
+             report.best_layer, m["best/accuracy"], m["best/accuracy_ci_low"],
+             m["best/accuracy_ci_high"], m["best/auroc"], m["best/auroc_ci_low"],
+             m["best/auroc_ci_high"], m.get("control/bow_auroc", float("nan")),
+             f"{m['control/embedding_auroc']:.3f}" if "control/embedding_auroc" in m else "n/a",
              report.files["probe"])
 
 
-def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list) -> tuple:
-    """``(CachedActivations [N, L, d], questions)`` of question ``sets`` under the job's
-    ``data.n``, ``seed``, ``layers``, ``position``, ``batch_size``, ``prompt`` and cache."""
-    from probing.workflow import (
-        extract_for_questions,
-        load_questions,
-        organism_checkpoint,
-        prompt_template,
-    )
+def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list,
+                         controls: bool = True) -> Any:
+    """``ProbeData`` (activations ``[N, L, d]``, questions, prompts, mean input embeddings) of
+    question ``sets`` under the job's ``data.n``, ``seed``, ``layers``, ``position``,
+    ``batch_size``, ``prompt`` and cache."""
+    from probing.workflow import load_questions, organism_checkpoint, probe_data, prompt_template
 
     questions = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model))
     layers = None if cfg.layers is None else list(cfg.layers)
-    cached = extract_for_questions(model, tokenizer, questions, cfg.cache_dir, layers,
-                                   cfg.position, cfg.batch_size, prompt_template(cfg.prompt))
-    return cached, questions
+    return probe_data(model, tokenizer, questions, cfg.cache_dir, layers, cfg.position,
+                      cfg.batch_size, prompt_template(cfg.prompt), controls=controls)

@@ -23,14 +23,15 @@ log = logging.getLogger("liref.probe")
 def probe(ctx: JobContext) -> dict:
     cfg = ctx.cfg
     model, tokenizer = ctx.model()
-    cached, questions = question_activations(cfg, model, tokenizer, plain(cfg.data.sets))
+    data = question_activations(cfg, model, tokenizer, plain(cfg.data.sets))
     transfer = {str(t["name"]): question_activations(cfg, model, tokenizer, t["sets"])
                 for t in plain(cfg.data.transfer) or []}
     report = run_probe_stage(
-        cached, questions, ctx.run_dir, kind=cfg.probe.kind,
-        params=plain(cfg.probe.params), test_size=cfg.eval.test_size,
-        k_folds=cfg.eval.k_folds, seed=cfg.seed, select_by=cfg.eval.select_by,
-        metadata={**describe_model(model), "data": cfg.data.name}, transfer=transfer)
+        data, ctx.run_dir, kind=cfg.probe.kind, params=plain(cfg.probe.params),
+        val_size=cfg.eval.val_size, test_size=cfg.eval.test_size, k_folds=cfg.eval.k_folds,
+        seed=cfg.seed, select_by=cfg.eval.select_by,
+        metadata={**describe_model(model), "data": cfg.data.name}, transfer=transfer,
+        n_resamples=cfg.eval.n_resamples)
     log_probe_report(ctx, report)
     return report.metrics
 

@@ -1,50 +1,242 @@
-"""Held-out evaluation of probes per layer: accuracy, AUROC, direction agreement, transfer."""
+"""Held-out evaluation of probes per layer, with an unbiased layer choice and controls.
+
+Protocol (the house rule: choices on training/validation data, figures on held-out data):
+
+- ``holdout`` (default): one grouped, stratified split into train / validation / test. Every
+  layer's probe is fitted on train; the layer is chosen by its *validation* score; every figure
+  reported (per layer and ``best``) is a *test* figure with a 95% bootstrap interval.
+- ``nested k-fold`` (``k_folds`` set): grouped stratified outer folds; inside each outer
+  training part a grouped train/validation split chooses the layer; every layer's probe is
+  refitted on the whole outer training part and scored on the outer test fold. Per-layer figures
+  and ``best`` (the fold-chosen layers' predictions) pool the out-of-fold predictions.
+
+Splits are grouped by ``Question.group`` (paraphrases, duplicates, one fact or computation never
+straddle two parts). Controls, fitted on the same training items: a bag-of-words logistic
+regression on the prompt text and a logistic probe on the mean input embedding
+(``probing.probes.controls``); ``selectivity`` = probe AUROC - bag-of-words AUROC.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from probing.errors import LirefError
+from probing.probes.controls import bow_scores, embedding_scores
 from probing.probes.directions import check_labels
 from probing.probes.estimators import Probe, make_probe
+from probing.stats import N_RESAMPLES, accuracy_with_ci, auroc_with_ci
 
-__all__ = ["evaluate_layers", "evaluate_probe", "heldout_splits", "transfer_metrics"]
+__all__ = [
+    "CONTROL_KEYS",
+    "LayerEvaluation",
+    "Split",
+    "evaluate_layers",
+    "evaluate_probe",
+    "grouped_folds",
+    "grouped_split",
+    "score_metrics",
+    "transfer_metrics",
+]
 
-
-def heldout_splits(y: np.ndarray, test_size: float = 0.25, k_folds: int | None = None,
-                   seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (train_idx, test_idx) pairs: one split, or ``k_folds`` folds."""
-    idx = np.arange(len(y))
-    if k_folds is not None:
-        if k_folds < 2:
-            raise LirefError(f"k_folds must be >= 2 or null, got {k_folds}")
-        if np.bincount(y).min() < k_folds:
-            raise LirefError(f"k_folds={k_folds} needs at least {k_folds} examples per class; "
-                             f"class counts are {np.bincount(y).tolist()}")
-        skf = StratifiedKFold(n_splits=k_folds, shuffle=True, random_state=seed)
-        return list(skf.split(idx, y))
-    if not 0.0 < test_size < 1.0:
-        raise LirefError(f"test_size must be in (0, 1), got {test_size}")
-    if np.bincount(y).min() < 2:
-        raise LirefError(f"too few examples for a held-out split: class counts "
-                         f"{np.bincount(y).tolist()} (need >= 2 per class)")
-    tr, te = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
-    return [(np.sort(tr), np.sort(te))]
+#: the control figures written beside every probe result
+CONTROL_KEYS = ("bow", "embedding")
 
 
-def evaluate_probe(probe: Probe, x: np.ndarray | torch.Tensor, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and AUROC of a fitted probe on ``x`` ``[N, d]``, ``y`` ``[N]``."""
-    y = np.asarray(y)
-    scores = probe.decision_function(x)
-    acc = float(((scores > 0).astype(int) == y).mean())
-    auroc = float(roc_auc_score(y, scores)) if len(set(y.tolist())) == 2 else float("nan")
-    return {"accuracy": acc, "auroc": auroc}
+@dataclass(frozen=True)
+class Split:
+    """Item indices of the three parts (sorted, disjoint, no group in two parts)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {k: getattr(self, k).tolist() for k in ("train", "val", "test")}
+
+
+def _groups(n: int, groups: Sequence[Any] | np.ndarray | None) -> np.ndarray:
+    if groups is None:
+        return np.arange(n)
+    g = np.asarray(groups)
+    if g.shape[0] != n:
+        raise LirefError(f"{n} items but {g.shape[0]} group labels")
+    return np.unique(g, return_inverse=True)[1]
+
+
+def grouped_split(y: Sequence[int] | np.ndarray, groups: Sequence[Any] | np.ndarray | None = None,
+                  val_size: float = 0.2, test_size: float = 0.25, seed: int = 0) -> Split:
+    """A grouped, stratified train / validation / test split.
+
+    Groups are labelled by their majority label and dealt, in a seeded random order per label,
+    to test until ``test_size`` of that label's items are there, then to validation, then to
+    train. ``val_size`` or ``test_size`` may be 0 (that part is empty).
+
+    Raises:
+        LirefError: a size outside [0, 1), or a label with too few groups to give every
+            non-empty part at least one group.
+    """
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    for name, size in (("val_size", val_size), ("test_size", test_size)):
+        if not 0.0 <= size < 1.0:
+            raise LirefError(f"{name} must be in [0, 1), got {size}")
+    if val_size + test_size >= 1.0:
+        raise LirefError(f"val_size + test_size must be < 1, got {val_size} + {test_size}")
+    gid = _groups(len(y), groups)
+    sizes = np.bincount(gid)
+    glabel = (2 * np.bincount(gid, weights=y) >= sizes).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    part = np.zeros(len(sizes), dtype=np.int64)  # 0 train, 1 val, 2 test
+    needed = 1 + (val_size > 0) + (test_size > 0)
+    for label in (0, 1):
+        members = np.flatnonzero(glabel == label)
+        if len(members) < needed:
+            name = "reasoning" if label else "memory"
+            raise LirefError(
+                f"too few {name} items for a held-out split: {len(members)} group(s) of "
+                f"{name} questions, need at least {needed} (train"
+                f"{', validation' if val_size > 0 else ''}{', test' if test_size > 0 else ''})")
+        rng.shuffle(members)
+        total = sizes[members].sum()
+        done = {2: 0, 1: 0}
+        targets = {2: test_size * total, 1: val_size * total}
+        for g in members:
+            for which in (2, 1):
+                if done[which] < targets[which]:
+                    part[g] = which
+                    done[which] += sizes[g]
+                    break
+        # every non-empty part and train get at least one group of this label
+        for which in [p for p in (2, 1) if targets[p] > 0] + [0]:
+            if not np.any(part[members] == which):
+                donor = max((p for p in (0, 1, 2) if np.sum(part[members] == p) > 1),
+                            key=lambda p: np.sum(part[members] == p))
+                part[members[np.flatnonzero(part[members] == donor)[0]]] = which
+    item_part = part[gid]
+    return Split(*(np.flatnonzero(item_part == p) for p in (0, 1, 2)))
+
+
+def grouped_folds(y: Sequence[int] | np.ndarray, groups: Sequence[Any] | np.ndarray | None,
+                  k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` grouped, stratified ``(train_idx, test_idx)`` folds (sklearn StratifiedGroupKFold)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if k < 2:
+        raise LirefError(f"k_folds must be >= 2 or null, got {k}")
+    gid = _groups(len(y), groups)
+    for label in (0, 1):
+        n_groups = len(np.unique(gid[y == label]))
+        if n_groups < k:
+            name = "reasoning" if label else "memory"
+            raise LirefError(f"k_folds={k} needs at least {k} groups of {name} questions; "
+                             f"there are {n_groups}")
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(te)) for tr, te in folds.split(np.zeros(len(y)), y, gid)]
+
+
+def score_metrics(y: np.ndarray, scores: np.ndarray, n_resamples: int = N_RESAMPLES,
+                  seed: int = 0) -> dict[str, float]:
+    """Accuracy (``scores > 0`` = reasoning) and AUROC with 95% stratified bootstrap intervals:
+    ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``auroc``, ``auroc_ci_low``, ..."""
+    y = np.asarray(y).astype(np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    acc, acc_lo, acc_hi = accuracy_with_ci((scores > 0).astype(np.int64) == y, n_resamples,
+                                           seed=seed, strata=y)
+    auc, auc_lo, auc_hi = auroc_with_ci(y, scores, n_resamples, seed=seed)
+    return {"accuracy": acc, "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi,
+            "auroc": auc, "auroc_ci_low": auc_lo, "auroc_ci_high": auc_hi}
+
+
+def evaluate_probe(probe: Probe, x: np.ndarray | torch.Tensor, y: np.ndarray,
+                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """Accuracy and AUROC (with 95% intervals) of a fitted probe on ``x`` ``[N, d]``, ``y``."""
+    return score_metrics(np.asarray(y), probe.decision_function(x), n_resamples, seed)
+
+
+def transfer_metrics(probe: Probe, x: np.ndarray | torch.Tensor, y: Sequence[int] | np.ndarray,
+                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """Score a probe fitted on one question set on another (both classes must be present)."""
+    y_arr = check_labels(x, y)
+    return evaluate_probe(probe, x, y_arr, n_resamples, seed)
+
+
+@dataclass
+class LayerEvaluation:
+    """What ``evaluate_layers`` found.
+
+    Attributes:
+        rows: one dict per layer: held-out (test) ``accuracy``/``auroc`` with ``_ci_low`` /
+            ``_ci_high``, ``val_accuracy``/``val_auroc`` (what chose the layer),
+            ``train_accuracy``, ``cos_logistic_diffmean``, ``selectivity`` and the
+            ``control/...`` figures.
+        best_layer: the layer chosen on validation data (nested k-fold: the most frequent
+            choice over the outer folds).
+        best: held-out figures of the chosen layer(s) (``accuracy``, ``auroc`` + intervals).
+        controls: ``control/bow_accuracy``, ``control/bow_auroc``, ``control/embedding_...``
+            (+ intervals) on the same held-out items.
+        split: ``{"mode", "train", "val", "test"}`` (indices) or the outer folds.
+        layer_choices: the layer chosen in each outer fold (holdout: one entry).
+    """
+
+    rows: list[dict[str, float]]
+    best_layer: int
+    best: dict[str, float]
+    controls: dict[str, float]
+    split: dict[str, Any]
+    layer_choices: list[int] = field(default_factory=list)
+
+
+def _control_scores(controls: Mapping[str, Any], y: np.ndarray, tr: np.ndarray,
+                    te: np.ndarray) -> dict[str, np.ndarray]:
+    """Held-out decision scores of each available control, fitted on ``tr``."""
+    out: dict[str, np.ndarray] = {}
+    texts = controls.get("texts")
+    if texts is not None:
+        texts = list(texts)
+        out["bow"] = bow_scores([texts[i] for i in tr], y[tr], [texts[i] for i in te])
+    emb = controls.get("embeddings")
+    if emb is not None:
+        emb = np.asarray(emb, dtype=np.float64)
+        out["embedding"] = embedding_scores(emb[tr], y[tr], emb[te])
+    return out
+
+
+def _control_metrics(scores: Mapping[str, np.ndarray], y_test: np.ndarray, n_resamples: int,
+                     seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, s in scores.items():
+        for key, value in score_metrics(y_test, s, n_resamples, seed).items():
+            out[f"control/{name}_{key}"] = value
+    return out
+
+
+def _fit_scores(x: np.ndarray, y: np.ndarray, tr: np.ndarray, parts: Sequence[np.ndarray],
+                kind: str, params: Mapping[str, Any] | None) -> tuple[Probe, list[np.ndarray]]:
+    probe = make_probe(kind, **dict(params or {})).fit(x[tr], y[tr])
+    return probe, [probe.decision_function(x[p]) for p in parts]
+
+
+def _logistic_agreement(x: np.ndarray, y: np.ndarray, tr: np.ndarray) -> float:
+    dm = make_probe("diffmean").fit(x[tr], y[tr]).direction
+    lg = make_probe("logistic").fit(x[tr], y[tr]).direction
+    return float(dm @ lg)
+
+
+def _choose(val: Mapping[int, Mapping[str, float]], select_by: str) -> int:
+    """The layer with the highest validation ``select_by`` (ties: the earliest)."""
+    return min(val, key=lambda layer: (-val[layer][select_by], layer))
+
+
+def _val_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    from probing.stats import auroc
+
+    return {"accuracy": float(((scores > 0).astype(np.int64) == y).mean()),
+            "auroc": auroc(y, scores)}
 
 
 def evaluate_layers(
@@ -53,47 +245,102 @@ def evaluate_layers(
     layers: Sequence[int],
     kind: str = "diffmean",
     params: Mapping[str, Any] | None = None,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    controls: Mapping[str, Any] | None = None,
+    val_size: float = 0.2,
     test_size: float = 0.25,
     k_folds: int | None = None,
     seed: int = 0,
+    select_by: str = "auroc",
+    n_resamples: int = N_RESAMPLES,
     compare_logistic: bool = True,
-) -> list[dict[str, float]]:
-    """Fit a probe per layer on training folds and score it on held-out folds.
+) -> LayerEvaluation:
+    """Fit a probe per layer on training items; choose the layer on validation items; report
+    test figures with 95% intervals, beside the controls.
 
     Args:
         acts: ``[N, len(layers), d]`` activations. y: ``[N]`` (1 reasoning, 0 memory).
-
-    Returns:
-        one dict per layer: ``layer``, held-out ``accuracy`` / ``auroc`` (mean over folds),
-        ``train_accuracy`` and, with ``compare_logistic``, ``cos_logistic_diffmean`` (cosine of
-        the logistic and diff-in-means directions fitted on the same training data).
+        groups: ``[N]`` group keys (``Question.group``); ``None`` = every item its own group.
+        controls: ``{"texts": [N] prompt strings, "embeddings": [N, d] mean input
+            embeddings}``; either may be absent.
+        val_size, test_size: shares of the holdout split (ignored with ``k_folds``).
+        k_folds: nested grouped k-fold instead of one split.
+        select_by: validation metric that chooses the layer (``auroc`` or ``accuracy``).
     """
     y_arr = check_labels(acts, y)
     if acts.shape[1] != len(layers):
         raise LirefError(f"activations hold {acts.shape[1]} layers but {len(layers)} were named")
-    splits = heldout_splits(y_arr, test_size, k_folds, seed)
-    rows = []
-    for j, layer in enumerate(layers):
-        x = acts[:, j].to(torch.float64).numpy()
+    if select_by not in ("auroc", "accuracy"):
+        raise LirefError(f"select_by must be 'auroc' or 'accuracy', got {select_by!r}")
+    xs = {layer: acts[:, j].to(torch.float64).numpy() for j, layer in enumerate(layers)}
+    controls = dict(controls or {})
+    gid = _groups(len(y_arr), groups)
+    if k_folds is None:
+        split = grouped_split(y_arr, gid, val_size, test_size, seed)
+        folds = [(split.train, split.val, split.test)]
+        split_info: dict[str, Any] = {"mode": "holdout", **split.to_dict()}
+    else:
         folds = []
-        for tr, te in splits:
-            probe = make_probe(kind, **dict(params or {})).fit(x[tr], y_arr[tr])
-            m = evaluate_probe(probe, x[te], y_arr[te])
-            m["train_accuracy"] = probe.score(x[tr], y_arr[tr])
+        for tr_outer, te in grouped_folds(y_arr, gid, k_folds, seed):
+            inner = grouped_split(y_arr[tr_outer], gid[tr_outer], val_size=0.25, test_size=0.0,
+                                  seed=seed)
+            folds.append((tr_outer[inner.train], tr_outer[inner.val], te))
+        split_info = {"mode": "nested_kfold", "k_folds": k_folds,
+                      "test_folds": [te.tolist() for _, _, te in folds]}
+
+    test_idx = np.concatenate([te for _, _, te in folds])
+    y_test = y_arr[test_idx]
+    oof: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    val: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
+    extra: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
+    control_parts: dict[str, list[np.ndarray]] = {}
+    choices: list[int] = []
+    chosen_scores: list[np.ndarray] = []
+    for tr, va, te in folds:
+        # the layer is chosen by probes fitted on tr and scored on va
+        fold_val = {}
+        for layer in layers:
+            x = xs[layer]
+            probe, (s_val,) = _fit_scores(x, y_arr, tr, [va], kind, params)
+            fold_val[layer] = _val_metrics(y_arr[va], s_val)
+            val[layer].append(fold_val[layer])
+            if k_folds is None:  # holdout: the same probe is the evaluated one
+                s_test = probe.decision_function(x[te])
+                train_acc = probe.score(x[tr], y_arr[tr])
+                fit_idx = tr
+            else:  # nested: refit on the whole outer training part
+                fit_idx = np.sort(np.concatenate([tr, va]))
+                probe, (s_test,) = _fit_scores(x, y_arr, fit_idx, [te], kind, params)
+                train_acc = probe.score(x[fit_idx], y_arr[fit_idx])
+            oof[layer].append(s_test)
+            row = {"train_accuracy": train_acc}
             if compare_logistic:
-                dm = make_probe("diffmean").fit(x[tr], y_arr[tr]).direction
-                lg = make_probe("logistic").fit(x[tr], y_arr[tr]).direction
-                m["cos_logistic_diffmean"] = float(dm @ lg)
-            folds.append(m)
+                row["cos_logistic_diffmean"] = _logistic_agreement(x, y_arr, fit_idx)
+            extra[layer].append(row)
+        chosen = _choose(fold_val, select_by)
+        choices.append(chosen)
+        chosen_scores.append(oof[chosen][-1])
+        fit_idx = tr if k_folds is None else np.sort(np.concatenate([tr, va]))
+        for name, s in _control_scores(controls, y_arr, fit_idx, te).items():
+            control_parts.setdefault(name, []).append(s)
+
+    control_metrics = _control_metrics({k: np.concatenate(v) for k, v in control_parts.items()},
+                                       y_test, n_resamples, seed)
+    rows: list[dict[str, float]] = []
+    for layer in layers:
         row: dict[str, float] = {"layer": layer}
-        for key in folds[0]:
-            row[key] = float(np.mean([f[key] for f in folds]))
+        row.update(score_metrics(y_test, np.concatenate(oof[layer]), n_resamples, seed))
+        for key in ("accuracy", "auroc"):
+            row[f"val_{key}"] = float(np.mean([v[key] for v in val[layer]]))
+        for key in extra[layer][0]:
+            row[key] = float(np.mean([e[key] for e in extra[layer]]))
+        if "control/bow_auroc" in control_metrics:
+            row["selectivity"] = row["auroc"] - control_metrics["control/bow_auroc"]
+        row.update(control_metrics)
         rows.append(row)
-    return rows
-
-
-def transfer_metrics(probe: Probe, x: np.ndarray | torch.Tensor, y: Sequence[int] | np.ndarray,
-                     ) -> dict[str, float]:
-    """Score a probe fitted on one question set on another (both classes must be present)."""
-    y_arr = check_labels(x, y)
-    return evaluate_probe(probe, x, y_arr)
+    best_layer = max(set(choices), key=lambda layer: (choices.count(layer), -layer))
+    best = score_metrics(y_test, np.concatenate(chosen_scores), n_resamples, seed)
+    if "control/bow_auroc" in control_metrics:
+        best["selectivity"] = best["auroc"] - control_metrics["control/bow_auroc"]
+    return LayerEvaluation(rows=rows, best_layer=best_layer, best=best,
+                           controls=control_metrics, split=split_info, layer_choices=choices)

@@ -69,17 +69,19 @@ def load_question_set(
         name: one of ``QUESTION_SETS`` (or a registered custom name).
         path: local file or folder; ``None`` uses the hub data set of that name.
         split: data set split (loader default when ``None``).
-        n: keep at most ``n`` questions, balanced across labels, drawn with ``seed``.
+        n: keep at most ``n`` questions, balanced across labels, drawn with ``seed`` (after
+            duplicates, by normalised text, are dropped).
         options: loader-specific options (column mapping, threshold, kinds, ...).
 
     Returns:
         list of ``Question`` in source order (with ``n``: the kept subset, still in source order).
     """
-    from probing.questions.sampling import sample_balanced
+    from probing.questions.sampling import dedupe_questions, sample_balanced
 
     questions = _resolve(name)(path=path, split=split, **options)
     if not questions:
         raise LirefError(f"question set {name!r} (path={path!r}, split={split!r}) is empty")
+    questions = dedupe_questions(questions)
     if n is not None:
         questions = sample_balanced(questions, n=n, seed=seed)
     return questions

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 
 from probing.errors import LirefError
-from probing.questions.record import LABELS, Question
+from probing.questions.record import LABELS, Question, normalize_question
 
-__all__ = ["balanced_quotas", "sample_balanced"]
+__all__ = ["balanced_quotas", "dedupe_questions", "sample_balanced"]
+
+log = logging.getLogger(__name__)
+
+
+def dedupe_questions(questions: Sequence[Question]) -> list[Question]:
+    """Keep the first of every set of questions with the same normalised text
+    (``normalize_question``), so no duplicate can sit on both sides of a held-out split.
+    Duplicates with different labels are dropped with the first kept and a warning."""
+    seen: dict[str, Question] = {}
+    out: list[Question] = []
+    conflicts = 0
+    for q in questions:
+        key = normalize_question(q.question)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = q
+            out.append(q)
+        elif first.label != q.label:
+            conflicts += 1
+    if len(out) < len(questions):
+        log.info("dropped %d duplicate question(s) (same normalised text)",
+                 len(questions) - len(out))
+    if conflicts:
+        log.warning("%d duplicate question(s) had another label than their first copy; the "
+                    "first copy's label was kept", conflicts)
+    return out
 
 
 def balanced_quotas(counts: dict[str, int], n: int) -> dict[str, int]:

@@ -17,20 +17,40 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 __all__ = ["plot_layer_metrics", "plot_pca"]
 
 
+#: control lines drawn on the layer plot: (per_layer key, label, colour)
+CONTROL_LINES = (
+    ("control/bow_auroc", "bag-of-words AUROC", "tab:grey"),
+    ("control/embedding_auroc", "embedding-probe AUROC", "tab:brown"),
+)
+
+
 def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
-                       keys: Sequence[str] = ("accuracy", "auroc"), title: str = "") -> Path:
-    """Line plot of ``keys`` (held-out) against layer."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+                       keys: Sequence[str] = ("accuracy", "auroc"), title: str = "",
+                       best_layer: int | None = None) -> Path:
+    """Held-out ``keys`` against layer, with their 95% intervals as bands (``<key>_ci_low`` /
+    ``_ci_high`` when present), the controls as horizontal lines and the chosen layer marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     layers = [r["layer"] for r in per_layer]
     for key in keys:
-        ax.plot(layers, [r[key] for r in per_layer], marker="o", label=key)
+        line = ax.plot(layers, [r[key] for r in per_layer], marker="o", ms=3, label=key)[0]
+        if f"{key}_ci_low" in per_layer[0]:
+            ax.fill_between(layers, [r[f"{key}_ci_low"] for r in per_layer],
+                            [r[f"{key}_ci_high"] for r in per_layer], color=line.get_color(),
+                            alpha=0.2, lw=0)
+    for key, label, colour in CONTROL_LINES:
+        value = per_layer[0].get(key)
+        if value is not None:
+            ax.axhline(value, color=colour, lw=1.2, ls="-.", label=f"{label} {value:.2f}")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
+    if best_layer is not None:
+        ax.axvline(best_layer, color="black", lw=0.8, ls=":", label=f"chosen (validation): "
+                                                                     f"{best_layer}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (output of decoder block)")
-    ax.set_ylabel("held-out score")
+    ax.set_ylabel("held-out test score (95% CI)")
     ax.set_ylim(0.0, 1.02)
-    ax.set_title(title or "probe vs layer")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "probe vs layer", fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

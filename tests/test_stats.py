@@ -1,0 +1,82 @@
+"""probing.stats against independent computations (scikit-learn, scipy, hand-worked cases)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from probing.errors import LirefError
+from probing.stats import (
+    accuracy_with_ci,
+    auroc,
+    auroc_with_ci,
+    benjamini_hochberg,
+    bootstrap_auroc,
+    bootstrap_ci,
+    cohens_d,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+)
+
+
+def _scores(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    s = rng.normal(size=n) + y
+    s[:40] = np.round(s[:40])  # ties
+    return y, s
+
+
+def test_auroc_equals_sklearn_with_ties():
+    y, s = _scores()
+    assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(auroc([1, 1], [0.1, 0.2]))
+
+
+def test_vectorised_bootstrap_equals_a_loop_over_resamples():
+    y, s = _scores(60)
+    fast = bootstrap_auroc(y, s, n_resamples=50, seed=1)
+    # the same multinomial draws, expanded into explicit resamples
+    rng = np.random.default_rng(1)
+    s1, s0 = s[y == 1], s[y == 0]
+    w1 = rng.multinomial(s1.size, np.full(s1.size, 1 / s1.size), size=50)
+    w0 = rng.multinomial(s0.size, np.full(s0.size, 1 / s0.size), size=50)
+    slow = [roc_auc_score(np.r_[np.ones(s1.size), np.zeros(s0.size)],
+                          np.r_[np.repeat(s1, w1[b]), np.repeat(s0, w0[b])]) for b in range(50)]
+    assert np.allclose(fast, slow)
+
+
+def test_intervals_cover_and_shrink_with_n():
+    y, s = _scores(200)
+    value, lo, hi = auroc_with_ci(y, s)
+    assert lo < value < hi
+    y2, s2 = _scores(2000, seed=1)
+    _, lo2, hi2 = auroc_with_ci(y2, s2)
+    assert (hi2 - lo2) < (hi - lo) / 2
+    acc, alo, ahi = accuracy_with_ci([1, 0, 1, 1] * 50)
+    assert acc == 0.75 and alo < 0.75 < ahi
+    lo3, hi3 = bootstrap_ci(lambda a: a.mean(), [np.arange(100.0)], n_resamples=300)
+    assert lo3 < 49.5 < hi3
+
+
+def test_paired_tests_hand_worked():
+    a = np.array([1, 1, 1, 0, 0, 0, 1, 1])
+    b = np.array([1, 0, 0, 0, 1, 0, 0, 0])
+    r = mcnemar_exact(a, b)  # 4 flips down, 1 up: p = 2 * P(X <= 1 | n=5) = 2 * 6/32
+    assert (r["flips_up"], r["flips_down"]) == (1, 4)
+    assert r["p_value"] == pytest.approx(12 / 32)
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+    diff, lo, hi = paired_bootstrap_diff(a, b)
+    assert diff == pytest.approx(-3 / 8) and lo <= diff <= hi
+    with pytest.raises(LirefError, match="equal"):
+        mcnemar_exact([1, 0], [1])
+
+
+def test_cohens_d_and_benjamini_hochberg():
+    x, y = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])
+    pooled = np.sqrt((2 * 4.0 + 2 * 1.0) / 4)
+    assert cohens_d(x, y) == pytest.approx(2.0 / pooled)
+    assert cohens_d([1, 1], [1, 1]) == 0.0
+    q = benjamini_hochberg([0.01, 0.04, 0.03, 0.5])
+    assert np.allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
