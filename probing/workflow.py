@@ -244,7 +244,9 @@ def run_probe_stage(
     write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
     meta = {**dict(metadata or {}), "probe": kind, "liref_version": __version__,
             "position": cached.manifest.get("position"), "model": cached.manifest.get("model"),
+            "model_fingerprint": cached.manifest.get("model_fingerprint"),
             "d_model": int(cached.acts.shape[-1]), "prompt_template": asdict(data.template),
+            "best_layer": int(best),
             "n": int(len(y)), "n_fit": int(len(fit_idx)),
             "fitted_on": "train split" if holdout else "all items (nested k-fold)"}
     files: dict[str, Path] = {}

@@ -8,6 +8,7 @@ from probing.errors import LirefError
 from probing.probes.directions import (
     diff_in_means,
     layer_directions,
+    load_direction,
     load_directions,
     project,
     save_directions,
@@ -66,3 +67,19 @@ def test_select_layer_and_save_load(tmp_path):
     loaded, meta = load_directions(tmp_path)
     assert meta["model"] == "m" and meta["d_model"] == 4
     torch.testing.assert_close(loaded[2], dirs[2])
+
+
+def test_load_one_layer_and_the_chosen_one(tmp_path):
+    dirs = torch.randn(3, 4, dtype=torch.float64)
+    save_directions(tmp_path / "directions", dirs, [0, 2, 5], {"best_layer": 2})
+    one, meta = load_directions(tmp_path, layer=5)  # a run folder holding directions/
+    torch.testing.assert_close(one, dirs[2])
+    torch.testing.assert_close(load_direction(tmp_path), dirs[1])  # best_layer
+    torch.testing.assert_close(load_direction(tmp_path / "directions", 0), dirs[0])
+    with pytest.raises(LirefError, match=r"layer 3 has no saved direction .*\[0, 2, 5\]"):
+        load_directions(tmp_path, layer=3)
+    with pytest.raises(LirefError, match="no saved directions in"):
+        load_directions(tmp_path / "nowhere")
+    (tmp_path / "directions" / "directions.safetensors").write_bytes(b"junk")
+    with pytest.raises(LirefError, match="cannot be read"):
+        load_directions(tmp_path)

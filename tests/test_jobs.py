@@ -159,9 +159,23 @@ def test_probe_writes_metrics_per_layer_and_plots(probed: Probed) -> None:
     assert not any(k.startswith("layer_01/") for k in metrics)  # only the requested layers
     best = metrics["best_layer"]
     assert metrics["best/auroc"] == metrics[f"layer_{best:02d}/auroc"]
-    assert metrics["best/auroc"] == max(metrics["layer_00/auroc"], metrics["layer_02/auroc"])
+    # the layer is chosen on validation items; best/* are test figures of that layer
+    val = {layer: metrics[f"layer_{layer:02d}/val_auroc"] for layer in (0, 2)}
+    assert best == min(val, key=lambda layer: (-val[layer], layer))
+    for key in ("best/accuracy", "best/auroc"):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"]
+    for key in ("control/bow_accuracy", "control/bow_auroc", "control/embedding_auroc"):
+        assert 0.0 <= metrics[key] <= 1.0, key
     per_layer = json.loads((run / "per_layer.json").read_text())
     assert [row["layer"] for row in per_layer] == [0, 2]
+    for row in per_layer:
+        assert row["control/bow_auroc"] == metrics["control/bow_auroc"]
+        assert row["selectivity"] == pytest.approx(row["auroc"] - metrics["control/bow_auroc"])
+        assert row["auroc_ci_low"] <= row["auroc"] <= row["auroc_ci_high"]
+    split = json.loads((run / "split.json").read_text())
+    assert split["mode"] == "holdout" and len(split["test"]) > 0
+    assert not set(split["train"]) & set(split["test"])
+    assert not set(split["val"]) & set(split["test"])
     for png in (run / "probe_layers.png", run / f"pca_layer_{best:02d}.png"):
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000, png
@@ -187,6 +201,10 @@ def test_saved_best_probe_loads_and_predicts(work: Work, probed: Probed) -> None
     assert meta["layer"] == best
     assert meta["metrics"]["auroc"] == metrics["best/auroc"]
     assert meta["metrics"]["accuracy"] == metrics["best/accuracy"]
+    assert meta["d_model"] == 32 and meta["prompt_template"]["template"] == "Q: {question}\nA: "
+    assert probe.check(layer=best, position="last", template=meta["prompt_template"]) is probe
+    with pytest.raises(LirefError, match=f"trained on layer {best}, not layer 1"):
+        probe.check(layer=1)
     # it scores the cached activations it was trained on
     (entry,) = probed.cache_before
     cached = ActivationCache(entry).load([best])
@@ -209,7 +227,8 @@ def test_offline_wandb_run_holds_metrics_and_config(work: Work, probed: Probed) 
     rec = _offline_run(probed.run_dir)
     summary = rec["summary"]
     for key in ("best_layer", "best/accuracy", "best/auroc", "layer_00/accuracy",
-                "layer_02/auroc"):
+                "layer_02/auroc", "control/bow_auroc", "control/embedding_auroc",
+                "layer_00/selectivity"):
         assert summary[key] == metrics[key], key
     layers_logged = {row["probe/layer"] for row in rec["history"] if "probe/accuracy" in row}
     assert layers_logged == {0, 2}

@@ -85,3 +85,31 @@ def test_unknown_probe_and_bad_params():
 def test_one_class_fit_is_rejected():
     with pytest.raises(LirefError, match="one-class"):
         make_probe("logistic").fit(np.ones((4, 3)), [1, 1, 1, 1])
+
+
+def test_probe_check_names_what_does_not_match(tiny_llama, tiny_model_dir):
+    from probing.fingerprint import model_fingerprint
+    from probing.models import load_model
+    from probing.questions.prompts import PromptTemplate
+
+    model, _ = tiny_llama
+    x, y = _data(d=32)
+    meta = {"model": "tiny", "position": "last", "model_fingerprint": model_fingerprint(model),
+            "prompt_template": {"template": "Q: {question}\nA: ", "few_shot": []}}
+    probe = make_probe("diffmean", layer=2, metadata=meta).fit(x, y)
+    assert probe.check(model=model, layer=2, position="last") is probe
+    with pytest.raises(LirefError, match="trained on layer 2, not layer 0"):
+        probe.check(layer=0)
+    with pytest.raises(LirefError, match="position 'last', not 'mean'"):
+        probe.check(position="mean")
+    with pytest.raises(LirefError, match="another prompt template .*template"):
+        probe.check(template=PromptTemplate(template="Question: {question}\nAnswer:"))
+    probe.check(template=PromptTemplate())  # the default template matches
+    other, _ = load_model(str(tiny_model_dir("qwen2")))  # same width, other weights
+    with pytest.raises(LirefError, match="other weights than model"):
+        probe.check(model=other)
+    with pytest.raises(LirefError, match="belongs to model 'tiny', not 'gpt2'"):
+        probe.check(model="gpt2")
+    narrow = make_probe("diffmean", layer=2, metadata={"model": "tiny"}).fit(*_data(d=16))
+    with pytest.raises(LirefError, match="16-wide activations.*width 32"):
+        narrow.check(model=model)

@@ -8,6 +8,7 @@ from probing.lazy import lazy_getattr
 _EXPORTS: dict[str, str] = {
     "diff_in_means": "probing.probes.directions",
     "layer_directions": "probing.probes.directions",
+    "load_direction": "probing.probes.directions",
     "load_directions": "probing.probes.directions",
     "save_directions": "probing.probes.directions",
     "project": "probing.probes.directions",

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probing.errors import LirefError
@@ -20,6 +21,7 @@ __all__ = [
     "check_labels",
     "diff_in_means",
     "layer_directions",
+    "load_direction",
     "load_directions",
     "project",
     "save_directions",
@@ -114,9 +116,52 @@ def save_directions(folder: str | Path, directions: torch.Tensor, layers: Sequen
     return folder
 
 
-def load_directions(folder: str | Path) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
-    """Read ``save_directions`` output: ``({layer: [d] float64}, metadata)``."""
-    folder = Path(folder)
+def _directions_folder(path: str | Path) -> Path:
+    """A ``directions/`` folder, given it or a probe run folder that holds one."""
+    path = Path(path)
+    if (path / "directions.json").is_file():
+        return path
+    if (path / "directions" / "directions.json").is_file():
+        return path / "directions"
+    raise LirefError(f"no saved directions in {path}: expected directions.json there or in "
+                     f"{path / 'directions'} (a train.probe run folder)")
+
+
+def load_directions(path: str | Path, layer: int | None = None
+                    ) -> tuple[dict[int, torch.Tensor] | torch.Tensor, dict[str, Any]]:
+    """Read ``save_directions`` output (a ``directions/`` folder or a probe run folder).
+
+    Returns ``({layer: [d] float64}, metadata)``; with ``layer``, ``([d] float64, metadata)``
+    for that layer only (a layer that was not saved raises, naming the saved ones). The
+    directions are unnormalised diff-in-means vectors (their norm is the class-mean gap).
+    """
+    folder = _directions_folder(path)
     meta = read_json(folder / "directions.json")
-    tensors = load_file(str(folder / "directions.safetensors"))["directions"]
-    return {int(layer): tensors[i] for i, layer in enumerate(meta["layers"])}, meta
+    try:
+        tensors = load_file(str(folder / "directions.safetensors"))["directions"]
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise LirefError(f"{folder / 'directions.safetensors'} cannot be read: {exc}") from exc
+    saved = [int(x) for x in meta["layers"]]
+    if tensors.shape[0] != len(saved):
+        raise LirefError(f"{folder}: {tensors.shape[0]} directions saved for layers {saved}")
+    dirs = {layer_: tensors[i] for i, layer_ in enumerate(saved)}
+    if layer is None:
+        return dirs, meta
+    if layer not in dirs:
+        raise LirefError(f"layer {layer} has no saved direction in {folder}; saved layers: "
+                         f"{saved}")
+    return dirs[layer], meta
+
+
+def load_direction(path: str | Path, layer: int | None = None) -> torch.Tensor:
+    """One unnormalised ``[d]`` float64 direction; ``layer=None`` = the layer the probe stage
+    chose on validation data (``best_layer`` in the metadata)."""
+    _, meta = load_directions(path)
+    if layer is None:
+        if meta.get("best_layer") is None:
+            raise LirefError(f"{path}: no best_layer recorded; pass layer=... "
+                             f"(saved layers: {meta['layers']})")
+        layer = int(meta["best_layer"])
+    direction, _ = load_directions(path, layer)
+    assert isinstance(direction, torch.Tensor)
+    return direction

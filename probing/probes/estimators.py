@@ -30,6 +30,13 @@ __all__ = ["PROBES", "DiffMeanProbe", "LogisticProbe", "Probe", "SparseProbe", "
 ArrayLike = np.ndarray | torch.Tensor
 
 
+def _norm(value: Any) -> Any:
+    """Lists and tuples compare equal (JSON turns tuples into lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return value
+
+
 def _as_f64(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().to(torch.float64).numpy()
@@ -134,6 +141,64 @@ class Probe:
     @classmethod
     def load(cls, folder: str | Path) -> Probe:
         return load_probe(folder)
+
+    def check(self, model: Any = None, layer: int | None = None, position: str | None = None,
+              template: Any = None) -> Probe:
+        """Raise ``LirefError`` unless this probe belongs where it is about to be used.
+
+        Args:
+            model: a loaded model (compared by weight fingerprint when the probe recorded
+                one, else by name; and by residual width) or a model name.
+            layer: the layer whose activations will be fed (must be the probe's own).
+            position: ``"last"`` / ``"mean"`` (must be the one it was trained at).
+            template: a ``PromptTemplate`` (or its dict) the prompts will be made with.
+
+        Returns ``self`` (``load_probe(p).check(model=m, layer=l)`` chains).
+        """
+        meta = self.metadata
+        where = f"probe (model {meta.get('model', '?')!r}, layer {self.layer})"
+        if layer is not None and self.layer is not None and int(layer) != int(self.layer):
+            raise LirefError(f"{where} was trained on layer {self.layer}, not layer {layer}; "
+                             f"feed it layer {self.layer} activations")
+        if position is not None and meta.get("position") not in (None, position):
+            raise LirefError(f"{where} was trained at position {meta['position']!r}, not "
+                             f"{position!r}")
+        if template is not None and meta.get("prompt_template") is not None:
+            from dataclasses import asdict, is_dataclass
+
+            from probing.questions.prompts import PromptTemplate
+
+            defaults = asdict(PromptTemplate())  # keys a recorded template left out
+            given = {**defaults, **(asdict(template) if is_dataclass(template)
+                                    else dict(template))}
+            mine = {**defaults, **meta["prompt_template"]}
+            diff = sorted(k for k in set(given) | set(mine)
+                          if _norm(given.get(k)) != _norm(mine.get(k)))
+            if diff:
+                raise LirefError(f"{where} was trained with another prompt template "
+                                 f"(differs in {diff}): {mine}")
+        if model is not None:
+            self._check_model(model, where)
+        return self
+
+    def _check_model(self, model: Any, where: str) -> None:
+        meta = self.metadata
+        if isinstance(model, str):
+            if meta.get("model") not in (None, model):
+                raise LirefError(f"{where} belongs to model {meta['model']!r}, not {model!r}")
+            return
+        from probing.fingerprint import model_fingerprint
+        from probing.models import model_id
+
+        width = int(model.get_input_embeddings().weight.shape[1])
+        if self.d_model_ is not None and width != self.d_model_:
+            raise LirefError(f"{where} reads {self.d_model_}-wide activations; model "
+                             f"{model_id(model)!r} has width {width}")
+        recorded = meta.get("model_fingerprint")
+        if recorded is not None and recorded != model_fingerprint(model):
+            raise LirefError(f"{where} was trained on other weights than model "
+                             f"{model_id(model)!r} (fingerprint {recorded} vs "
+                             f"{model_fingerprint(model)}): retrained or another checkpoint")
 
 
 class DiffMeanProbe(Probe):
