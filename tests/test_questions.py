@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import types
@@ -22,26 +21,9 @@ from probing.questions.mmlu_pro import CATEGORY_LABELS, load_mmlu_pro
 from probing.questions.popqa import load_popqa
 from probing.questions.sampling import balanced_quotas, sample_balanced
 from probing.questions.tabular import load_csv, load_jsonl, load_tsv
+from tests.shared_data import shared
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "questions"
-
-
-def _shared_data() -> Path | None:
-    candidates = [os.environ.get("LIREF_SHARED_DATA"), None]
-    candidates[1] = str(Path(__file__).resolve().parents[2] / "shared" / "data")
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
-SHARED = _shared_data()
-
-
-def shared(rel: str) -> Path:
-    if SHARED is None or not (SHARED / rel).exists():
-        pytest.skip(f"shared data file {rel} not available (set LIREF_SHARED_DATA)")
-    return SHARED / rel
 
 
 def q(i: int, label: str) -> Question:

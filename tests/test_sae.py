@@ -208,7 +208,7 @@ def test_metrics_on_a_perfect_and_a_zero_sae(tiny_llama):
     centred = x - x.mean(0)
     want = 1 - (0.25 * x.pow(2).sum() / centred.pow(2).sum()).item()
     assert half.explained_variance == pytest.approx(want, rel=1e-5)
-    assert half.mse == pytest.approx((0.25 * x.pow(2)).mean().item(), rel=1e-5)
+    assert half.mse == pytest.approx((0.25 * x.pow(2)).sum(1).mean().item(), rel=1e-5)
 
     model, tok = tiny_llama
     batches = list(text_batches(tok, ["Q: 3 + 4 =\nA: 7", "Q: who is the capital ?\nA: red"],
@@ -219,8 +219,10 @@ def test_metrics_on_a_perfect_and_a_zero_sae(tiny_llama):
     zero = ce_loss_recovered(model, Identity(0.0), 1, batches)
     assert zero.ce_loss_recovered == pytest.approx(0.0, abs=1e-6)
     answers = ce_loss_recovered(model, Identity(0.5), 1, batches, last_n=2)
-    assert answers.n_ce_tokens == 2 * 2  # the last 2 tokens of each of the 2 documents
-    assert answers.ce_loss_clean != pytest.approx(ident.ce_loss_clean)
+    assert answers.n_ce_answer_tokens == 2 * 2  # the last 2 tokens of each of the 2 documents
+    assert answers.n_ce_tokens == ident.n_ce_tokens  # the sae-lens figure counts every token
+    assert answers.ce_loss_clean == pytest.approx(ident.ce_loss_clean)
+    assert answers.ce_loss_clean_answer_tokens != pytest.approx(ident.ce_loss_clean)
 
 
 def test_splice_replaces_only_chosen_positions_and_is_removed(tiny_llama):
@@ -402,4 +404,4 @@ def test_organism_sae_explains_most_variance(tmp_path):
     res = train_sae_on_corpus(model, tok, corpus, cfg, data, seed=0)
     assert res.layer == 2 and res.sae.cfg.d_sae == 8 * model.config.hidden_size
     assert res.metrics["explained_variance"] >= 0.8, res.metrics
-    assert res.metrics["ce_loss_recovered"] > 0.5, res.metrics  # on answer tokens
+    assert res.metrics["ce_loss_recovered_answer_tokens"] > 0.5, res.metrics

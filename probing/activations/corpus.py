@@ -50,16 +50,27 @@ def fingerprint_texts(texts: Iterable[str], salt: str = "") -> str:
 
 @dataclass
 class TextCorpus:
-    """Documents plus provenance. ``fingerprint`` changes whenever any text changes."""
+    """Documents plus provenance, de-duplicated (whitespace-normalised; the first copy is
+    kept). ``fingerprint`` changes whenever any text changes."""
 
     texts: list[str]
     source: str
     description: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.texts = [t for t in self.texts if isinstance(t, str) and t.strip()]
-        if not self.texts:
+        texts = [t for t in self.texts if isinstance(t, str) and t.strip()]
+        if not texts:
             raise LirefError(f"corpus from source {self.source!r} ({self.description}) is empty")
+        # one copy of each document (whitespace-normalised), so a held-out document never
+        # also sits in the training part
+        unique: dict[str, str] = {}
+        for t in texts:
+            unique.setdefault(" ".join(t.split()), t)
+        self.texts = list(unique.values())
+        self.n_duplicates = len(texts) - len(self.texts)
+        if self.n_duplicates:
+            log.info("corpus %s: dropped %d duplicate document(s), %d left", self.source,
+                     self.n_duplicates, len(self.texts))
         self.fingerprint = fingerprint_texts(self.texts, salt=self.source)
 
     def __len__(self) -> int:
@@ -67,7 +78,8 @@ class TextCorpus:
 
     def split(self, n_heldout: int, seed: int = 0) -> tuple[TextCorpus, TextCorpus]:
         """``(train, heldout)``: ``n_heldout`` documents drawn with ``seed`` are held out (at
-        least one document on each side); each side keeps the corpus order."""
+        least one document on each side); each side keeps the corpus order. The corpus holds
+        no duplicates, so no held-out document occurs in the training part."""
         import random
 
         if len(self.texts) < 2:
@@ -150,8 +162,10 @@ def _organism_config(checkpoint: Path) -> Any:
 def _organism_texts(n_texts: int | None, seed: int, checkpoint: str | Path | None = None
                     ) -> list[str]:
     """``n_texts`` training sequences of the organism (``"Q: ...\nA: answer\n"``, one item
-    each, as it was trained), drawn from its training streams with the checkpoint's mix;
-    ``seed`` seeds the draw only (the language is the checkpoint's)."""
+    each, as it was trained), drawn with replacement from its training streams with the
+    checkpoint's mix (``TextCorpus`` then drops the repeats: ~12k distinct documents of 20k
+    draws for the default organism); ``seed`` seeds the draw only (the language is the
+    checkpoint's)."""
     import random
 
     try:

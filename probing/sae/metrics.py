@@ -1,15 +1,22 @@
-"""Our own SAE metrics on held-out tokens: L0, explained variance, MSE, dead fraction, CE loss
-recovered, and the latent density histogram.
+"""SAE metrics on held-out tokens, under sae-lens's own definitions (``sae_lens.evals``), and
+the latent density histogram.
 
-Definitions (``x`` = activations ``[N, d]``, ``x_hat`` = SAE reconstruction, ``f`` = latents):
+Definitions (``x`` = activations ``[N, d]``, ``x_hat`` = SAE reconstruction, ``f`` = latents),
+as ``sae_lens.evals.get_sparsity_and_variance_metrics`` / ``get_recons_loss`` compute them:
 - ``l0``: mean over tokens of the number of non-zero latents.
-- ``explained_variance``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` (= 1 - FVU).
-- ``mse``: mean over tokens and dimensions of ``(x - x_hat)^2``.
+- ``explained_variance``: ``1 - mean_t ||x_t - x_hat_t||^2 / (mean_t ||x_t||^2 - ||mean_t x_t||^2)``
+  (sae-lens's ``ExplainedVarianceCalculator``).
+- ``mse``: mean over tokens of ``||x - x_hat||^2`` summed over dimensions (sae-lens's ``mse``).
 - ``dead_fraction``: fraction of latents that never fire on the held-out tokens.
-- ``ce_loss_recovered``: ``(L_zero - L_sae) / (L_zero - L_clean)`` where ``L`` is the model's
-  next-token loss with the block output replaced by the SAE reconstruction (``L_sae``), by zeros
-  (``L_zero``) or untouched (``L_clean``), at the stream's positions (not padding, not BOS when
-  the stream drops BOS).
+- ``ce_loss_recovered`` (sae-lens's ``ce_loss_score``): ``(L_zero - L_sae) / (L_zero - L_clean)``
+  where ``L`` is the model's mean next-token loss with the block output replaced by the SAE
+  reconstruction at the stream's tokens (``L_sae``; not padding, not BOS when the stream drops
+  it, as sae-lens skips special tokens), by zeros at EVERY position (``L_zero``, BOS included, as
+  sae-lens), or untouched (``L_clean``), counted at positions whose input token is a stream
+  token (sae-lens drops the losses at special tokens) and whose target is a real token.
+- ``ce_loss_recovered_answer_tokens`` (liref's variant, only with ``last_n``): the same three
+  losses counted at each sequence's last ``last_n`` tokens only (the organism's answer and
+  newline, all it was trained to predict).
 """
 
 from __future__ import annotations
@@ -78,7 +85,6 @@ def reconstruction_metrics(
     sum_x: torch.Tensor | None = None
     sum_x2 = 0.0
     fires: torch.Tensor | None = None
-    d = 0
     for x in batches:
         if max_tokens is not None:
             x = x[: max_tokens - n]
@@ -86,7 +92,6 @@ def reconstruction_metrics(
             break
         feats, recon = _sae_forward(sae, x)
         xf = x.to(recon.device, torch.float64)
-        d = xf.shape[1]
         sq_err += (recon.double() - xf).pow(2).sum().item()
         sum_x = xf.sum(0) if sum_x is None else sum_x + xf.sum(0)
         sum_x2 += xf.pow(2).sum().item()
@@ -105,7 +110,7 @@ def reconstruction_metrics(
     return ReconstructionMetrics(
         l0=l0_sum / n,
         explained_variance=ev,
-        mse=sq_err / (n * d),
+        mse=sq_err / n,
         dead_fraction=float((fires == 0).double().mean().item()),
         n_tokens=n,
         latent_density=density,
@@ -144,29 +149,32 @@ def splice_block_output(
 
 @dataclass
 class CELossResult:
-    """Mean next-token losses (nats) and the fraction recovered."""
+    """Mean next-token losses (nats) and the fraction recovered (sae-lens's ``ce_loss_score``);
+    the ``_answer_tokens`` variants only when counted on each sequence's last tokens."""
 
     ce_loss_clean: float
     ce_loss_sae: float
     ce_loss_zero: float
     ce_loss_recovered: float
     n_ce_tokens: int
+    ce_loss_clean_answer_tokens: float | None = None
+    ce_loss_sae_answer_tokens: float | None = None
+    ce_loss_zero_answer_tokens: float | None = None
+    ce_loss_recovered_answer_tokens: float | None = None
+    n_ce_answer_tokens: int | None = None
 
 
-def _next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                     last_n: int | None = None) -> tuple[float, int]:
-    """Summed next-token CE over targets that are real tokens (only each sequence's last
-    ``last_n`` tokens when given), and their count."""
+def _token_losses(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T-1]`` next-token cross-entropy at every position (target = the next token)."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
     tgt = ids[:, 1:]
-    valid = mask[:, 1:].bool() & mask[:, :-1].bool()
-    if last_n is not None:
-        lengths = mask.sum(1, keepdim=True)  # right padded
-        target_pos = torch.arange(1, ids.shape[1], device=ids.device).unsqueeze(0)
-        valid = valid & (target_pos >= lengths - last_n)
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                            reduction="none").view_as(tgt)
-    return float(loss[valid].sum().item()), int(valid.sum().item())
+
+
+def _recovered(clean: float, sae: float, zero: float) -> float:
+    denom = zero - clean
+    return (zero - sae) / denom if abs(denom) > 1e-12 else float("nan")
 
 
 @torch.no_grad()
@@ -180,18 +188,14 @@ def ce_loss_recovered(
     max_batches: int | None = None,
     last_n: int | None = None,
 ) -> CELossResult:
-    """CE loss recovered over right-padded ``(input_ids [B, T], attention_mask [B, T])`` batches.
-
-    The SAE / zeros replace the block output at the stream's positions (real tokens; not BOS
-    when ``drop_bos``), i.e. where the SAE was trained. The loss counts every next-token target,
-    or only the last ``last_n`` of each sequence (e.g. the organism's answer and newline, the
-    only tokens it was trained to predict).
-    """
+    """CE loss recovered over right-padded ``(input_ids [B, T], attention_mask [B, T])`` batches
+    (sae-lens's ``ce_loss_score``; see the module docstring). With ``last_n`` the
+    ``..._answer_tokens`` fields count only each sequence's last ``last_n`` tokens."""
     from probing.activations.tokens import token_mask
 
     device = model_device(model)
-    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    count = 0
+    sums = {k: 0.0 for k in ("clean", "sae", "zero", "clean_a", "sae_a", "zero_a")}
+    count = count_a = 0
 
     def recon(h: torch.Tensor) -> torch.Tensor:
         return _sae_forward(sae, h)[1]
@@ -200,20 +204,36 @@ def ce_loss_recovered(
         if max_batches is not None and i >= max_batches:
             break
         ids, mask = ids.to(device), mask.to(device)
-        pos = token_mask(ids, mask, bos_id, drop_bos)
-        loss, n = _next_token_loss(model, ids, mask, last_n)
-        totals["clean"] += loss
-        with splice_block_output(model, layer, recon, pos):
-            totals["sae"] += _next_token_loss(model, ids, mask, last_n)[0]
-        with splice_block_output(model, layer, torch.zeros_like, pos):
-            totals["zero"] += _next_token_loss(model, ids, mask, last_n)[0]
-        count += n
+        stream = token_mask(ids, mask, bos_id, drop_bos)
+        counted = stream[:, :-1] & mask[:, 1:].bool()
+        answer = None
+        if last_n is not None:
+            lengths = mask.sum(1, keepdim=True)  # right padded
+            target_pos = torch.arange(1, ids.shape[1], device=device).unsqueeze(0)
+            answer = mask[:, 1:].bool() & mask[:, :-1].bool() & (target_pos >= lengths - last_n)
+        losses = {"clean": _token_losses(model, ids, mask)}
+        with splice_block_output(model, layer, recon, stream):
+            losses["sae"] = _token_losses(model, ids, mask)
+        with splice_block_output(model, layer, torch.zeros_like, None):  # every position
+            losses["zero"] = _token_losses(model, ids, mask)
+        for key, value in losses.items():
+            sums[key] += float(value[counted].sum().item())
+            if answer is not None:
+                sums[f"{key}_a"] += float(value[answer].sum().item())
+        count += int(counted.sum().item())
+        if answer is not None:
+            count_a += int(answer.sum().item())
     if count == 0:
         raise LirefError("no held-out tokens to compute the CE loss on")
-    clean, sae_l, zero = (totals[k] / count for k in ("clean", "sae", "zero"))
-    denom = zero - clean
-    recovered = (zero - sae_l) / denom if abs(denom) > 1e-12 else float("nan")
-    return CELossResult(clean, sae_l, zero, recovered, count)
+    clean, sae_l, zero = (sums[k] / count for k in ("clean", "sae", "zero"))
+    out = CELossResult(clean, sae_l, zero, _recovered(clean, sae_l, zero), count)
+    if last_n is not None and count_a:
+        ca, sa, za = (sums[k] / count_a for k in ("clean_a", "sae_a", "zero_a"))
+        out.ce_loss_clean_answer_tokens, out.ce_loss_sae_answer_tokens = ca, sa
+        out.ce_loss_zero_answer_tokens = za
+        out.ce_loss_recovered_answer_tokens = _recovered(ca, sa, za)
+        out.n_ce_answer_tokens = count_a
+    return out
 
 
 def plot_latent_density(density: torch.Tensor, path: str | Path, title: str = "") -> Path:

@@ -92,10 +92,11 @@ class SAEDataConfig:
         heldout_tokens: at most this many held-out tokens for reconstruction metrics.
         eval_tokens_during_training: held-out tokens used by the periodic in-training evals.
         ce_batches: at most this many held-out batches for CE loss recovered.
-        ce_last_tokens: the CE loss counts only the last n tokens of each sequence (document,
-            or window of a document longer than ``context_size``); ``"auto"`` = 2
+        ce_last_tokens: besides ``ce_loss_recovered`` (every stream token, sae-lens's
+            definition), report ``ce_loss_recovered_answer_tokens`` counted on the last n
+            tokens of each sequence (document, or window of a longer document); ``"auto"`` = 2
             for the organism's corpus (answer + newline, all it was trained to predict), else
-            every token (``None``).
+            none (``None``).
     """
 
     layer: int | None = None
@@ -235,7 +236,7 @@ def evaluate_sae_on_corpus(
         text_batches(tokenizer, held_texts, data.context_size, data.batch_size),
         bos_id=getattr(tokenizer, "bos_token_id", None), drop_bos=data.drop_bos,
         max_batches=data.ce_batches, last_n=ce_last_n)
-    metrics = {**rec.scalars(), **asdict(ce)}
+    metrics = {**rec.scalars(), **{k: v for k, v in asdict(ce).items() if v is not None}}
     return metrics, rec.latent_density
 
 
