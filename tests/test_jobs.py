@@ -373,6 +373,9 @@ def _write_bad_files(folder: Path, good: Path) -> None:
         "".join(json.dumps(r) + "\n" for r in rows if r["label"] == "reasoning"))
     (folder / "no_label.jsonl").write_text(
         "".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in rows))
+    few = [r for r in rows if r["label"] == "reasoning"][:2] + [
+        r for r in rows if r["label"] == "memory"][:2]
+    (folder / "too_few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in few))
     lines = [json.dumps(r) for r in rows]
     lines[4] = '{"id": "broken", "question": '
     (folder / "malformed.jsonl").write_text("\n".join(lines) + "\n")
@@ -392,6 +395,9 @@ BAD_INPUTS = {
                        ["'label'", "no_label.jsonl", "columns present"]),
     "malformed_json": (["data.sets.0.path=bad/malformed.jsonl"],
                        ["malformed JSON", "malformed.jsonl", "line 5"]),
+    "too_few_for_a_split": (["data.sets.0.path=bad/too_few.jsonl"],
+                            ["too few", "2 group(s)", "need at least 3", "validation"]),
+    "too_many_folds": (["eval.k_folds=40"], ["k_folds=40", "groups of"]),
 }
 
 
