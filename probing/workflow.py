@@ -40,6 +40,7 @@ __all__ = [
     "organism_checkpoint",
     "probe_data",
     "prompt_template",
+    "question_summary",
     "run_probe_stage",
 ]
 
@@ -182,6 +183,24 @@ def _targets(questions: Sequence[Question]) -> np.ndarray:
     return np.array([LABEL_TO_INT[q.label] for q in questions], dtype=np.int64)
 
 
+def question_summary(questions: Sequence[Question],
+                     transfer: Mapping[str, ProbeData] | None = None) -> dict[str, Any]:
+    """Counts of the probed questions by source, kind (organism) and label, and of each
+    transfer set: ``{"n", "by_label", "rows": [{set, source, kind, label, n}], ...}``."""
+    from collections import Counter
+
+    def rows(qs: Sequence[Question], name: str) -> list[dict[str, Any]]:
+        c = Counter((q.source, str(q.meta.get("kind", "")), q.label) for q in qs)
+        return [{"set": name, "source": s, "kind": k, "label": lab, "n": n}
+                for (s, k, lab), n in sorted(c.items())]
+
+    out_rows = rows(questions, "probe")
+    for name, other in (transfer or {}).items():
+        out_rows += rows(other.questions, f"transfer:{name}")
+    return {"n": len(questions), "by_label": dict(Counter(q.label for q in questions)),
+            "n_groups": len({q.group for q in questions}), "rows": out_rows}
+
+
 def _transfer(probe: Any, source: ProbeData, fit_idx: np.ndarray, target: ProbeData,
               layer: int, n_resamples: int, seed: int) -> dict[str, float]:
     """The probe and its controls, fitted on ``source[fit_idx]``, scored on ``target``."""
@@ -242,6 +261,7 @@ def run_probe_stage(
                  if holdout else {"test_folds": [[ids[i] for i in f]
                                                  for f in ev.split["test_folds"]]})
     write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
+    write_json(out / "questions.json", question_summary(questions, transfer))
     meta = {**dict(metadata or {}), "probe": kind, "liref_version": __version__,
             "position": cached.manifest.get("position"), "model": cached.manifest.get("model"),
             "model_fingerprint": cached.manifest.get("model_fingerprint"),

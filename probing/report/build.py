@@ -1,0 +1,276 @@
+"""Build ``report.md`` and a self-contained ``report.html`` from a run folder's artifacts alone.
+
+A pipeline run folder holds one sub-folder per stage (``probe/``, ``sae/``, ``match/``,
+``steer/``), each with its ``metrics.json`` and plots, plus ``environment.json`` (software
+versions, machine) and Hydra's ``.hydra/overrides.yaml`` (the command). A stage that did not run
+is left out of the report. Every number shown in a table carries its source
+(``<stage>:<metrics key>``) in the HTML, so the report can be checked against the stages.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from probing.errors import LirefError
+from probing.io import atomic_write_text, read_json, write_json
+from probing.report.blocks import Block, Cell, fmt, render_html, render_markdown
+
+__all__ = ["STAGE_FOLDERS", "build_report", "environment_info", "write_environment"]
+
+STAGE_FOLDERS = ("probe", "sae", "match", "steer")
+ENVIRONMENT_FILE = "environment.json"
+PACKAGES = ("torch", "transformers", "sae_lens", "scikit-learn", "numpy", "wandb", "hydra-core",
+            "datasets", "liref")
+
+
+def environment_info() -> dict[str, Any]:
+    """Software versions and the machine (for the report's reproducibility section)."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                            "processor": platform.machine(), "cpu_count": os.cpu_count(),
+                            "packages": versions}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    return info
+
+
+def write_environment(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / ENVIRONMENT_FILE
+    write_json(path, environment_info())
+    return path
+
+
+class _Stage:
+    """One stage folder's metrics and files."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name = name
+        self.folder = folder
+        self.metrics: dict[str, Any] = (read_json(folder / "metrics.json")
+                                        if (folder / "metrics.json").is_file() else {})
+
+    def json(self, file: str) -> Any:
+        path = self.folder / file
+        return read_json(path) if path.is_file() else None
+
+    def cell(self, key: str, digits: int = 3) -> Cell:
+        value = self.metrics.get(key)
+        return Cell(fmt(value, digits), f"{self.name}:{key}", value) if value is not None \
+            else Cell("n/a")
+
+    def ci(self, key: str) -> Cell:
+        """``value [low, high]`` for ``key`` with ``key_ci_low`` / ``key_ci_high``."""
+        value = self.metrics.get(key)
+        if value is None:
+            return Cell("n/a")
+        lo, hi = self.metrics.get(f"{key}_ci_low"), self.metrics.get(f"{key}_ci_high")
+        text = fmt(value) if lo is None else f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+        return Cell(text, f"{self.name}:{key}", value)
+
+    def images(self) -> list[Path]:
+        return sorted(self.folder.glob("*.png"))
+
+
+def _stages(run_dir: Path) -> dict[str, _Stage]:
+    found = {name: _Stage(name, run_dir / name) for name in STAGE_FOLDERS
+             if (run_dir / name / "metrics.json").is_file()}
+    if not found and (run_dir / "metrics.json").is_file():  # a single-stage job's folder
+        for name, marker in (("probe", "per_layer.json"), ("match", "latents.json"),
+                             ("steer", "results.json"), ("sae", "sae")):
+            if (run_dir / marker).exists():
+                found[name] = _Stage(name, run_dir)
+                break
+    return found
+
+
+def _questions_section(st: _Stage) -> list[Block]:
+    summary = st.json("questions.json")
+    if not summary:
+        return []
+    rows = [[r["set"], r["source"], r.get("kind") or "-", r["label"], str(r["n"])]
+            for r in summary["rows"]]
+    return [Block("h2", "Question sets"),
+            Block("p", f"{summary['n']} probed questions in {summary.get('n_groups', '?')} "
+                       "groups (paraphrases, duplicates and one fact or computation share a "
+                       "group; no group is on two sides of a split). Labels: 1 = reasoning, "
+                       "0 = memory."),
+            Block("table", header=["set", "source", "kind", "label", "n"], rows=rows)]
+
+
+def _probe_section(st: _Stage) -> list[Block]:
+    m = st.metrics
+    per_layer = st.json("per_layer.json") or []
+    best = m.get("best_layer")
+    blocks = [Block("h2", "Probes and the reasoning direction per layer"),
+              Block("p", "Every probe is fitted on the training part; the layer is chosen on the "
+                         "validation part; every figure is on the held-out test part, with a 95% "
+                         "bootstrap interval. Controls on the same items: a bag-of-words logistic "
+                         "regression on the prompt text (unigrams + bigrams) and a probe on the "
+                         "mean input embedding. Selectivity = probe AUROC - bag-of-words AUROC.")]
+    rows = []
+    for r in per_layer:
+        layer = int(r["layer"])
+        pre = f"layer_{layer:02d}/"
+        name = f"**{layer}** (chosen)" if layer == best else str(layer)
+        rows.append([name, st.ci(pre + "accuracy"), st.ci(pre + "auroc"),
+                     st.cell(pre + "val_auroc"), st.cell(pre + "selectivity")])
+    blocks.append(Block("table", "held-out test figures per layer",
+                        ["layer", "accuracy", "AUROC", "validation AUROC", "selectivity"], rows))
+    controls = [["bag-of-words (prompt text)", st.ci("control/bow_accuracy"),
+                 st.ci("control/bow_auroc")],
+                ["mean input embedding", st.ci("control/embedding_accuracy"),
+                 st.ci("control/embedding_auroc")],
+                [f"probe at the chosen layer {best}", st.ci("best/accuracy"),
+                 st.ci("best/auroc")]]
+    blocks.append(Block("table", "the probe beside its controls (test part)",
+                        ["classifier", "accuracy", "AUROC"], controls))
+    transfer = sorted({k.split("/")[1] for k in m if k.startswith("transfer/")})
+    if transfer:
+        rows = [[name, st.ci(f"transfer/{name}/auroc"), st.ci(f"transfer/{name}/control/bow_auroc"),
+                 st.ci(f"transfer/{name}/control/embedding_auroc"),
+                 st.cell(f"transfer/{name}/selectivity")] for name in transfer]
+        blocks.append(Block("table", "transfer: fitted on the probe set, scored on another",
+                            ["target", "probe AUROC", "bag-of-words AUROC", "embedding AUROC",
+                             "selectivity"], rows))
+    for img in st.images():
+        blocks.append(Block("img", _caption(img.name), path=img))
+    return blocks
+
+
+def _sae_section(st: _Stage) -> list[Block]:
+    keys = [k for k in ("layer", "d_sae", "l0", "explained_variance", "mse", "dead_fraction",
+                        "ce_loss_recovered", "ce_loss_recovered_answer_tokens") if k in st.metrics]
+    blocks = [Block("h2", "Sparse autoencoder"),
+              Block("p", "Metrics on held-out documents (none of them in the training part), "
+                         "under sae-lens's definitions.")]
+    blocks.append(Block("table", header=["metric", "value"],
+                        rows=[[k, st.cell(k, 4)] for k in keys]))
+    for img in st.images():
+        blocks.append(Block("img", _caption(img.name), path=img))
+    return blocks
+
+
+#: columns of the matching table, in order, when the latents table has them
+MATCH_COLUMNS = ("rank", "latent", "decoder_cosine", "cosine_p", "cosine_q", "reason_score",
+                 "gap_share", "auroc", "cohens_d", "density", "injection_d", "injection_class")
+
+
+def _table_from_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+                     ) -> tuple[list[str], list[list[Cell | str]]]:
+    cols = [c for c in columns if any(c in r for r in rows)]
+    return cols, [[fmt(r.get(c)) for c in cols] for r in rows]
+
+
+def _headline(st: _Stage, skip: Sequence[str] = ()) -> Block:
+    rows = [[k, st.cell(k)] for k in sorted(st.metrics)
+            if isinstance(st.metrics[k], (int, float)) and not k.endswith(("_ci_low", "_ci_high"))
+            and not any(k.startswith(s) for s in skip)]
+    return Block("table", "headline metrics", ["metric", "value"], rows)
+
+
+def _match_section(st: _Stage, top: int = 10) -> list[Block]:
+    latents = st.json("latents.json") or []
+    blocks = [Block("h2", "SAE latents matched to the reasoning direction"),
+              Block("p", "Decoder cosines are tested against random-direction and label-permuted "
+                         "nulls (BH-corrected); the token-injection control says whether a "
+                         "latent's response is carried by surface tokens.")]
+    if latents:
+        header, rows = _table_from_rows(latents[:top], MATCH_COLUMNS)
+        blocks.append(Block("table", f"top {min(top, len(latents))} latents", header, rows))
+    blocks.append(_headline(st))
+    for img in st.images():
+        blocks.append(Block("img", _caption(img.name), path=img))
+    return blocks
+
+
+def _steer_section(st: _Stage) -> list[Block]:
+    blocks = [Block("h2", "Steering with the direction and with single latents"),
+              Block("p", "Each setting is compared with the unsteered run on the same items "
+                         "(paired bootstrap of the difference, exact McNemar test); random "
+                         "directions of the same norm, the negated direction and the direction "
+                         "orthogonalised against the matched latents are the controls.")]
+    blocks.append(_headline(st))
+    effects = st.json("effects.json")
+    if isinstance(effects, list) and effects:
+        header, rows = _table_from_rows(effects, list(effects[0]))
+        blocks.append(Block("table", "paired effects", header, rows))
+    for img in st.images():
+        blocks.append(Block("img", _caption(img.name), path=img))
+    return blocks
+
+
+def _caption(name: str) -> str:
+    return name.removesuffix(".png").replace("_", " ")
+
+
+def _reproduce_section(run_dir: Path) -> list[Block]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    job = "analysis.pipeline"
+    overrides: list[str] = []
+    if overrides_file.is_file():
+        import yaml
+
+        overrides = list(yaml.safe_load(overrides_file.read_text()) or [])
+        cfg = run_dir / ".hydra" / "hydra.yaml"
+        if cfg.is_file():
+            name = (yaml.safe_load(cfg.read_text()) or {}).get("hydra", {}).get("job", {}).get(
+                "name")
+            job = {"pipeline": "analysis.pipeline", "probe": "train.probe", "sae": "train.sae",
+                   "match": "analysis.match", "steer": "analysis.steer"}.get(name, job)
+    command = " ".join(["python -m", job, *overrides])
+    blocks = [Block("h2", "Reproduce"),
+              Block("pre", f"{command}\npython -m analysis.report run_dir={run_dir}")]
+    env_path = run_dir / ENVIRONMENT_FILE
+    env = read_json(env_path) if env_path.is_file() else None
+    note = "" if env else " (not recorded by the run; read when the report was built)"
+    env = env or environment_info()
+    rows = [["python", env.get("python", "?")], ["platform", env.get("platform", "?")],
+            ["CPUs", str(env.get("cpu_count", "?"))], ["GPU", str(env.get("cuda", "?"))]]
+    rows += [[k, v] for k, v in env.get("packages", {}).items()]
+    blocks.append(Block("table", f"software and machine{note}", ["", "version"], rows))
+    return blocks
+
+
+def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``run_dir`` from its artifacts alone (no
+    model is loaded). Returns their paths."""
+    run = Path(run_dir)
+    stages = _stages(run)
+    if not stages:
+        raise LirefError(f"{run} holds no stage results (metrics.json in {list(STAGE_FOLDERS)} "
+                         "sub-folders or in the folder itself)")
+    probe = stages.get("probe")
+    model = (probe.json("directions/directions.json") or {}).get("model") if probe else None
+    title = title or f"liref report: {model or run.name}"
+    blocks: list[Block] = [Block("h1", title),
+                           Block("p", f"Run folder `{run}`; stages: {', '.join(stages)}.")]
+    if probe:
+        blocks += _questions_section(probe) + _probe_section(probe)
+    if "sae" in stages:
+        blocks += _sae_section(stages["sae"])
+    if "match" in stages:
+        blocks += _match_section(stages["match"])
+    if "steer" in stages:
+        blocks += _steer_section(stages["steer"])
+    blocks += _reproduce_section(run)
+    md, page = run / "report.md", run / "report.html"
+    atomic_write_text(md, render_markdown(blocks, run))
+    atomic_write_text(page, render_html(blocks, title))
+    return md, page
