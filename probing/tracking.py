@@ -68,6 +68,23 @@ class Tracker:
     def active(self) -> bool:
         return self.run is not None
 
+    @property
+    def group(self) -> str | None:
+        return self._init_kwargs["group"]
+
+    @property
+    def name(self) -> str | None:
+        return self._init_kwargs["name"]
+
+    def child(self, name: str, job_type: str, dir: str | Path,
+              config: Mapping[str, Any] | None = None) -> Tracker:
+        """A tracker for another run in this run's group (same mode, project, entity, tags):
+        one run per pipeline stage, so the dashboard groups them."""
+        kw = self._init_kwargs
+        return Tracker(mode=self.mode, project=kw["project"], entity=kw["entity"], name=name,
+                       group=kw["group"], job_type=job_type, tags=kw["tags"], config=config,
+                       dir=dir)
+
     def _fail(self, what: str, exc: BaseException) -> None:
         log.warning("wandb %s failed (%s: %s); tracking is off, files are still written",
                     what, type(exc).__name__, exc)
@@ -86,7 +103,8 @@ class Tracker:
 
             if self._init_kwargs["dir"]:
                 Path(self._init_kwargs["dir"]).mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(mode=self.mode, reinit="finish_previous", **self._init_kwargs)
+            # create_new: a pipeline's own run stays open while each stage logs a run of its own
+            self.run = wandb.init(mode=self.mode, reinit="create_new", **self._init_kwargs)
             self.run_dir = Path(self.run.dir).parent
             log.info("wandb run (%s) at %s", self.mode, self.run_dir)
         except Exception as exc:  # noqa: BLE001 - wandb must never kill a job
