@@ -23,6 +23,8 @@ from probing.tracking import Tracker
 log = logging.getLogger("liref")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: jobs whose runs are each a wandb group of their own (their stages log one run each)
+PER_RUN_GROUPS = {"pipeline"}
 CONFIG_PATH = str(REPO_ROOT / "conf")
 
 
@@ -76,7 +78,9 @@ def _names(job: str, run_dir: Path) -> tuple[str, str]:
     except ValueError:
         pass
     parent = "" if run_dir.parent.name == job else f"{run_dir.parent.name}-"
-    return f"{job}-{parent}{run_dir.name}", job
+    name = f"{job}-{parent}{run_dir.name}"
+    # a pipeline logs one run per stage: each pipeline run is a group of its own
+    return name, (name if job in PER_RUN_GROUPS else job)
 
 
 def make_tracker(cfg: DictConfig, job: str, run_dir: Path) -> Tracker:
