@@ -299,7 +299,7 @@ def test_interrupted_build_resumes_from_complete_shards(tiny_llama, tmp_path, mo
     kept = resumed.manifest.shards[: len(partial["shards"])]
     assert [asdict(s) for s in kept] == partial["shards"]
     seen, skipped = 0, 0
-    for ids, mask in text_batches(tok, TEXTS, 16, 4):
+    for _ids, mask in text_batches(tok, TEXTS, 16, 4):
         seen += int(mask.sum())  # no BOS in this tokenizer: every real token is kept
         skipped += seen <= done_tokens
     assert skipped >= 1 and counter.n == len(list(text_batches(tok, TEXTS, 16, 4))) - skipped
