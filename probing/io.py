@@ -151,15 +151,33 @@ def atomic_replace_dir(tmp: str | Path, final: str | Path) -> Path:
     return final
 
 
-def remove_orphans(folder: str | Path, patterns: Iterable[str] = (TMP_FILE_GLOB,)) -> list[Path]:
+def _pid_alive(name: str) -> bool:
+    """Whether the process whose id ends ``name`` (``...-<pid>``) still runs."""
+    tail = name.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        return False
+    try:
+        os.kill(int(tail), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphans(folder: str | Path, patterns: Iterable[str] = (TMP_FILE_GLOB,),
+                   dead_pids_only: bool = False) -> list[Path]:
     """Delete files and folders in ``folder`` matching the glob ``patterns`` (what killed writers
-    left behind); returns them. Call it only under the lock that guards those writers."""
+    left behind); returns them. Call it under the lock that guards those writers, or pass
+    ``dead_pids_only`` for names ending ``-<pid>``: then only those of exited processes go."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for pattern in patterns:
         for p in folder.glob(pattern):
+            if dead_pids_only and _pid_alive(p.name):
+                continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
