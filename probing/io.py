@@ -34,20 +34,19 @@ TMP_FILE_GLOB = ".*.tmp"
 def disk_error(exc: OSError, path: str | Path, action: str = "write") -> LirefError:
     """One clear ``LirefError`` for an ``OSError`` while writing ``path``, naming its folder."""
     path = Path(path)
-    folder = path if action == "create the folder" else path.parent
     why = exc.strerror or str(exc)
+    other = "choose another folder (for the caches: cache_dir=... or LIREF_CACHE)"
     hint = {
-        errno.ENOSPC: "the disk is full: free space there or choose another folder",
-        errno.EDQUOT: "the disk quota is exceeded: free space there or choose another folder",
-        errno.EROFS: "the file system is read-only: choose a writable folder",
-        errno.EACCES: "it is not writable for this user: fix its permissions or choose another "
-                      "folder",
-        errno.EPERM: "it is not writable for this user: fix its permissions or choose another "
-                     "folder",
-        errno.ENOTDIR: "a part of that path is a file, not a folder: choose another folder",
-        errno.EEXIST: "a file of that name is in the way: move it or choose another folder",
-    }.get(exc.errno or 0, "check that the folder exists, is writable and has free space")
-    return LirefError(f"cannot {action} {path} (folder {folder}): {why}; {hint}")
+        errno.ENOSPC: f"the disk is full: free space there or {other}",
+        errno.EDQUOT: f"the disk quota is exceeded: free space there or {other}",
+        errno.EROFS: f"the file system is read-only: {other}",
+        errno.EACCES: f"it is not writable for this user: fix its permissions or {other}",
+        errno.EPERM: f"it is not writable for this user: fix its permissions or {other}",
+        errno.ENOTDIR: f"a part of that path is a file, not a folder: {other}",
+        errno.EEXIST: f"a file of that name is in the way: move it or {other}",
+    }.get(exc.errno or 0, f"check that the folder exists, is writable and has space, or {other}")
+    where = str(path) if action == "create the folder" else f"{path} (folder {path.parent})"
+    return LirefError(f"cannot {action} {where}: {why}; {hint}")
 
 
 def ensure_dir(path: str | Path) -> Path:

@@ -302,6 +302,12 @@ def test_sae_folder_appears_atomically(tmp_path, monkeypatch):
     assert json.loads((target / "liref_sae.json").read_text()) == {"layer": 2}
     assert load_sae(target).cfg.d_sae == SAE["d_sae"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+    # a folder holding other things is never replaced by an SAE
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "metrics.json").write_text("{}")
+    with pytest.raises(LirefError, match=r"holds other things.*metrics\.json"):
+        save_sae(sae, tmp_path / "results")
+    assert (tmp_path / "results" / "metrics.json").read_text() == "{}"
 
 
 # --- a multirun where one job fails ------------------------------------------------------------
@@ -396,6 +402,21 @@ def test_cache_dir_below_a_file_is_one_clear_error(tiny_llama, tmp_path, kind):
         _build(kind, model, tok, blocker / "cache")
     assert str(blocker) in str(err.value) and "not a folder" in str(err.value)
     assert blocker.read_text() == "a file where the cache folder should go"
+
+
+def test_job_with_an_unusable_cache_dir_ends_with_one_error_line(tmp_path, tiny_model_dir,
+                                                                 monkeypatch, capsys):
+    questions = write_questions(tmp_path / "q.jsonl", n_per_label=4)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, stderr = _hydra_main(
+        "train.extract", ["model=local", f"model.name={tiny_model_dir('llama')}",
+                          "data=local_file", f"data.sets.0.path={questions}", "logger=disabled",
+                          f"cache_dir={blocker}/cache", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path, monkeypatch, capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert f"{blocker}/cache" in errors[0] and "not a folder" in errors[0]
 
 
 def test_organism_cache_dir_below_a_file_is_one_clear_error(tmp_path):

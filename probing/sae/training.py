@@ -75,6 +75,8 @@ _L1_ARCHS = {"standard", "gated"}
 LIREF_SAE_FILENAME = "liref_sae.json"
 #: written last into a training checkpoint folder (before it is moved into place)
 CHECKPOINT_FILENAME = "liref_checkpoint.json"
+#: what a saved SAE folder may hold (``save_sae`` replaces such a folder, and no other)
+_SAE_FILES = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", LIREF_SAE_FILENAME}
 
 LogFn = Callable[[dict[str, Any], int], None]
 EvalFn = Callable[[Any, Any], dict[str, float]]
@@ -242,7 +244,11 @@ def _make_trainer_cls() -> type:
             final = self.run_dir / f"{self.n_training_samples:015d}"
             tmp = self.run_dir / f".{final.name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            super().save_checkpoint(tmp.name, base_path=self.run_dir)
+            try:
+                super().save_checkpoint(tmp.name, base_path=self.run_dir)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise disk_error(exc, tmp / "sae_weights.safetensors") from exc
             write_json(tmp / CHECKPOINT_FILENAME, {
                 "n_training_samples": self.n_training_samples,
                 "n_training_steps": self.n_training_steps + 1,  # fit() increments after this
@@ -292,8 +298,8 @@ def checkpoint_run_dir(checkpoint_dir: str | Path, cfg: SAETrainConfig, d_in: in
                        seed: int | None, metadata: dict[str, Any] | None) -> Path:
     """``checkpoint_dir/sae-<key>``: the key covers everything that makes a run the same run
     (settings, width, seed, metadata such as model, layer and corpus fingerprint)."""
-    key = fingerprint({"cfg": asdict(cfg), "d_in": d_in, "seed": seed,
-                       "metadata": metadata or {}})
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("log_every", "eval_every")}
+    key = fingerprint({"cfg": settings, "d_in": d_in, "seed": seed, "metadata": metadata or {}})
     return Path(checkpoint_dir).expanduser() / f"sae-{key}"
 
 
@@ -387,11 +393,18 @@ def save_sae(sae: Any, path: str | Path, info: dict[str, Any] | None = None) -> 
 
     The folder is written as ``.<name>.tmp-<pid>`` beside ``path`` and moved into place
     atomically (replacing an older SAE there in one step): ``path`` is always absent or
-    complete. Temporary folders of killed savers are removed.
+    complete. Temporary folders of killed savers are removed. A ``path`` holding anything but
+    a saved SAE is refused (it would be replaced as a whole).
     """
     from sae_lens.saes.sae import TrainingSAE
 
     path = Path(path).expanduser()
+    if path.exists():
+        other = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
+        other = [name for name in other if name not in _SAE_FILES]
+        if other:
+            raise LirefError(f"{path} holds other things than a saved SAE ({other[:5]}); "
+                             f"save_sae replaces the whole folder: choose a new or empty one")
     ensure_dir(path.parent)
     remove_orphans(path.parent, [f".{path.name}.tmp-*"], dead_pids_only=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
