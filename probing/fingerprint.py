@@ -1,4 +1,4 @@
-"""Stable content fingerprints for cache keys."""
+"""Stable content fingerprints for cache keys, and the sha256 content hashes of cache files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["data_fingerprint", "file_sha256", "fingerprint", "model_fingerprint"]
+__all__ = ["bytes_sha256", "data_fingerprint", "file_sha256", "fingerprint", "model_fingerprint"]
 
 
 def fingerprint(obj: Any, length: int = 16) -> str:
@@ -17,7 +17,13 @@ def fingerprint(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def bytes_sha256(data: bytes) -> str:
+    """Hex sha256 of ``data`` (what cache manifests record for each shard)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (equals ``bytes_sha256`` of its content)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

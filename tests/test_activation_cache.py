@@ -55,7 +55,10 @@ def test_other_data_or_position_is_a_new_entry(tiny_llama, tmp_path, monkeypatch
     cached_extract(model, tok, PROMPTS[:3], tmp_path, layers=[0], progress=False)
     cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], position="mean", progress=False)
     assert len(calls) == 3
-    assert len(list((tmp_path / "activations").iterdir())) == 3
+    entries = [p for p in (tmp_path / "activations").iterdir() if p.is_dir()]
+    assert len(entries) == 3
+    assert {p.name + ".lock" for p in entries} == {  # one lock file beside each entry
+        p.name for p in (tmp_path / "activations").glob("*.lock")}
 
 
 def test_interrupted_run_resumes_from_last_complete_shard(tiny_llama, tmp_path, monkeypatch):
@@ -72,7 +75,7 @@ def test_interrupted_run_resumes_from_last_complete_shard(tiny_llama, tmp_path, 
     monkeypatch.setattr(ac, "extract_activations", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         cached_extract(model, tok, PROMPTS, tmp_path, layers=[1], shard_size=2, progress=False)
-    (entry,) = (tmp_path / "activations").iterdir()
+    (entry,) = [p for p in (tmp_path / "activations").iterdir() if p.is_dir()]
     manifest = json.loads((entry / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["shards"]) == 2
     with pytest.raises(LirefError, match="incomplete"):
@@ -104,12 +107,88 @@ def test_corrupted_shard_is_detected_never_read(tiny_llama, tmp_path, damage):
     torch.testing.assert_close(fixed.acts, first.acts)
 
 
-def test_corrupted_manifest_is_a_clear_error(tiny_llama, tmp_path):
+def test_top_level_names_resolve():
+    import probing
+
+    assert probing.ActivationCache is ActivationCache
+    assert probing.cached_extract is cached_extract
+
+
+def test_ids_are_part_of_the_key(tiny_llama, tmp_path, monkeypatch):
     model, tok = tiny_llama
-    first = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], progress=False)
-    (first.folder / "manifest.json").write_text("{not json")
-    with pytest.raises(LirefError, match="corrupted JSON file"):
+    calls = _count_extractions(monkeypatch)
+    a = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], ids=list("abcde"),
+                       progress=False)
+    b = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], ids=list("vwxyz"),
+                       progress=False)
+    assert a.ids == list("abcde") and b.ids == list("vwxyz")  # not the earlier call's ids
+    assert a.folder != b.folder and len(calls) == 2
+    again = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], ids=list("abcde"),
+                           progress=False)
+    assert again.ids == list("abcde") and again.folder == a.folder and len(calls) == 2
+    with pytest.raises(LirefError, match="4 ids for 5 prompts"):
+        cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], ids=list("abcd"))
+
+
+@pytest.mark.parametrize("damage", ["not_json", "foreign_format", "bad_field"])
+def test_corrupted_manifest_is_named_then_rebuilt(tiny_llama, tmp_path, monkeypatch, caplog,
+                                                  damage):
+    model, tok = tiny_llama
+    first = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], shard_size=2,
+                           progress=False)
+    manifest = first.folder / "manifest.json"
+    m = json.loads(manifest.read_text())
+    if damage == "not_json":
+        manifest.write_text("{not json")
+    elif damage == "foreign_format":
+        manifest.write_text(json.dumps({**m, "format": "liref-activations/1"}))
+    else:
+        manifest.write_text(json.dumps({**m, "shards": [{**m["shards"][0], "end": "two"}]}))
+    # reading it directly: one error naming the folder and how to clear it
+    with pytest.raises(LirefError, match="manifest") as err:
         ActivationCache(first.folder).load()
+    assert str(first.folder) in str(err.value) and "delete the folder" in str(err.value)
+    # the extraction path discards the entry with a warning and rebuilds it
+    calls = _count_extractions(monkeypatch)
+    with caplog.at_level("WARNING"):
+        fixed = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], shard_size=2,
+                               progress=False)
+    assert "discarding the entry" in caplog.text and str(first.folder) in caplog.text
+    assert fixed.folder == first.folder and calls == [2, 2, 1]
+    assert torch.equal(fixed.acts, first.acts)
+    assert ActivationCache(first.folder).load().manifest["complete"]
+
+
+def test_orphaned_temp_and_unlisted_shard_files_are_removed(tiny_llama, tmp_path, monkeypatch):
+    model, tok = tiny_llama
+    real = ac.extract_activations
+    calls = []
+
+    def dies_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ac, "extract_activations", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], shard_size=2, progress=False)
+    (entry,) = [p for p in (tmp_path / "activations").iterdir() if p.is_dir()]
+    # what a writer killed mid-write leaves: a temp file, a shard the manifest does not list
+    orphan = entry / ".shard-00000002.safetensors.k1ll3d.tmp"
+    orphan.write_bytes(b"half a shard")
+    unlisted = entry / "shard-00000004.safetensors"
+    unlisted.write_bytes(b"written, but the manifest was not")
+    monkeypatch.setattr(ac, "extract_activations", real)
+    done = cached_extract(model, tok, PROMPTS, tmp_path, layers=[0], shard_size=2,
+                          progress=False)
+    assert not orphan.exists()
+    assert unlisted.is_file() and unlisted.read_bytes() != b"written, but the manifest was not"
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "manifest.json", "shard-00000000.safetensors", "shard-00000002.safetensors",
+        "shard-00000004.safetensors"]
+    torch.testing.assert_close(done.acts, real(model, tok, PROMPTS, [0], "last", 8, False),
+                               atol=1e-6, rtol=0)
 
 
 def test_missing_layer_in_cache_is_named(tiny_llama, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,72 @@ def test_corpus_sources(tmp_path, monkeypatch):
         load_corpus("hf", name="liref-test/no-such-dataset")
     with pytest.raises(LirefError, match="unknown corpus source"):
         load_corpus("web")
+
+
+def test_skip_tokens_drops_the_head_without_its_forward_passes(tiny_llama):
+    model, tok = tiny_llama
+    full = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, _stream(max_tokens=150))))
+    counter = ForwardCounter(model)
+    try:
+        tail = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, _stream(max_tokens=150),
+                                                   skip_tokens=100)))
+    finally:
+        counter.close()
+    assert full.shape[0] == 150 and torch.equal(tail, full[100:])
+    n_batches = len(list(text_batches(tok, TEXTS, 16, 4)))
+    assert 0 < counter.n < n_batches  # the batches before token 100 were not run
+
+
+def test_interrupted_build_resumes_from_complete_shards(tiny_llama, tmp_path, monkeypatch):
+    import probing.activations.tokens as tokens
+
+    model, tok = tiny_llama
+    whole, _ = get_or_build_token_cache(model, tok, TEXTS, tmp_path / "whole", _stream(), "fp")
+    real = tokens.iter_residual_tokens
+
+    def dies_after_three_chunks(*args, **kwargs):
+        for i, chunk in enumerate(real(*args, **kwargs)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(tokens, "iter_residual_tokens", dies_after_three_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        get_or_build_token_cache(model, tok, TEXTS, tmp_path / "cut", _stream(), "fp")
+    monkeypatch.setattr(tokens, "iter_residual_tokens", real)
+    (folder,) = [p for p in (tmp_path / "cut").iterdir() if p.is_dir()]
+    partial = json.loads((folder / MANIFEST_FILENAME).read_text())
+    assert not partial["complete"] and len(partial["shards"]) >= 1
+    with pytest.raises(LirefError, match="incomplete"):
+        TokenActivationCache(folder)
+    done_tokens = sum(s["n_tokens"] for s in partial["shards"])
+    counter = ForwardCounter(model)
+    try:
+        resumed, built = get_or_build_token_cache(model, tok, TEXTS, tmp_path / "cut", _stream(),
+                                                  "fp")
+    finally:
+        counter.close()
+    assert built and resumed.path == folder
+    assert torch.equal(resumed.read_all(), whole.read_all())
+    # the complete shards were kept as they were, and their tokens not computed again
+    kept = resumed.manifest.shards[: len(partial["shards"])]
+    assert [asdict(s) for s in kept] == partial["shards"]
+    seen, skipped = 0, 0
+    for _ids, mask in text_batches(tok, TEXTS, 16, 4):
+        seen += int(mask.sum())  # no BOS in this tokenizer: every real token is kept
+        skipped += seen <= done_tokens
+    assert skipped >= 1 and counter.n == len(list(text_batches(tok, TEXTS, 16, 4))) - skipped
+
+
+def test_damaged_manifest_is_discarded_and_rebuilt(tiny_llama, tmp_path, caplog):
+    model, tok = tiny_llama
+    cache, _ = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+    manifest = cache.path / MANIFEST_FILENAME
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "version": 99}))
+    with pytest.raises(LirefError, match=f"{cache.path}.*version 99.*delete the folder"):
+        TokenActivationCache(cache.path)
+    with caplog.at_level("WARNING"):
+        again, built = get_or_build_token_cache(model, tok, TEXTS, tmp_path, _stream(), "fp")
+    assert built and "discarding the entry" in caplog.text
+    assert torch.equal(again.read_all(), cache.read_all())

@@ -2,17 +2,24 @@
 
 A job file is thin: ``@hydra.main(...)`` then ``run_job(cfg, "name", body)`` where
 ``body(ctx) -> dict`` calls ``probing`` functions and returns its metrics.
+
+A user error (``LirefError``) ends a single run with exit status 2 and one ``error:`` line. In a
+multirun it ends only its own job: the line goes to that job's log (``<job>.log``), to stderr
+and to ``error.txt`` in its folder, and the sweep goes on; at the end ``SweepFailures`` (a Hydra
+callback, see ``conf/base.yaml``) prints one ``error:`` line naming the failed jobs and exits 2.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from probing.errors import LirefError
@@ -26,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: jobs whose runs are each a wandb group of their own (their stages log one run each)
 PER_RUN_GROUPS = {"pipeline"}
 CONFIG_PATH = str(REPO_ROOT / "conf")
+#: written into a multirun job's folder when it failed with a user error (its one-line message)
+ERROR_FILE = "error.txt"
 
 
 @dataclass
@@ -64,6 +73,17 @@ def hydra_run_dir() -> Path:
         return Path.cwd()
 
 
+def in_multirun() -> bool:
+    """Whether this job is one job of a Hydra multirun (``-m``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 def _names(job: str, run_dir: Path) -> tuple[str, str]:
     """wandb run name and group from the Hydra job and sweep."""
     try:
@@ -100,9 +120,11 @@ def make_tracker(cfg: DictConfig, job: str, run_dir: Path) -> Tracker:
 
 
 def run_job(cfg: DictConfig, job: str, body: Callable[[JobContext], Mapping[str, Any]]) -> dict:
-    """Run ``body`` inside a seeded, tracked job; write ``metrics.json``; exit 2 on user error."""
+    """Run ``body`` inside a seeded, tracked job; write ``metrics.json``. A user error exits 2
+    with one ``error:`` line; in a multirun it ends this job only (see the module docstring)."""
     run_dir = hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier run in this folder
     seed_everything(int(cfg.get("seed", 0)))
     tracker = make_tracker(cfg, job, run_dir)
     try:
@@ -116,12 +138,38 @@ def run_job(cfg: DictConfig, job: str, body: Callable[[JobContext], Mapping[str,
         message = " ".join(str(exc).split())  # one line, even when a library's text had several
         log.error("%s failed: %s", job, message)
         print(f"error: {message}", file=sys.stderr)
+        if in_multirun():  # the other jobs of the sweep go on; SweepFailures reports at the end
+            (run_dir / ERROR_FILE).write_text(message + "\n", encoding="utf-8")
+            return {}
         sys.exit(2)
     except BaseException:
         tracker.finish(1)
         raise
     log.info("%s done; results in %s (metrics: %s)", job, run_dir, path)
     return metrics
+
+
+class SweepFailures(Callback):
+    """Hydra callback: after a multirun whose jobs failed with user errors, print one
+    ``error:`` line naming them (their messages are in their logs) and exit with status 2."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        failed = sorted(f.parent for f in sweep.rglob(ERROR_FILE)
+                        if f.stat().st_mtime >= self.started - 1)
+        if not failed:
+            return
+        n_jobs = sum(1 for _ in sweep.rglob(".hydra"))
+        logs = ", ".join(str(d / f"{config.hydra.job.name}.log") for d in failed)
+        print(f"error: {len(failed)} of {n_jobs} jobs failed; each failure is the error line "
+              f"in its log: {logs}", file=sys.stderr)
+        sys.exit(2)
 
 
 def log_probe_report(ctx: JobContext, report: Any) -> None:

@@ -4,20 +4,21 @@ Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), read 
 ``probing.hooks.forward_residual``. Padding tokens (and optionally BOS) are dropped, so a token
 stream is a sequence of ``[n_tokens, d_model]`` chunks.
 
-The cache is a folder of safetensors shards (``shard_00000.safetensors`` = ``{"activations":
-[n, d]}``) plus ``manifest.json`` (model id and fingerprint, layer, corpus fingerprint, dtype,
-n_tokens, d_model, and per shard its token count, byte size and sha256). It lives in a
-content-addressed folder ``<cache_dir>/<key>`` so that the SAEs of a sweep share one extraction;
-a file lock serialises builders and the folder appears by atomic rename only when complete.
+The cache is one entry of the crash-safe cache core (``probing.activations.store``): a
+content-addressed folder ``<cache_dir>/<key>`` (so that the SAEs of a sweep share one
+extraction) holding safetensors shards (``shard_00000.safetensors`` = ``{"activations":
+[n, d]}``) and ``manifest.json`` (format ``liref-token-activations`` version 2: model id and
+fingerprint, layer, corpus fingerprint, dtype, n_tokens, d_model, ``complete``, and per shard
+its token count, byte size and sha256). The lock file ``<cache_dir>/<key>.lock`` serialises
+builders. The manifest is rewritten after every shard, so a build killed at any point resumes
+from its complete shards: the token stream is deterministic, and the tokens already cached are
+skipped without a forward pass. Readers accept only a complete manifest and verified shards.
 Memory is bounded by one shard (write and read), whatever the token count.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,15 +30,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from probing.activations.extract import pad_right
+from probing.activations.store import MANIFEST, CacheEntry
 from probing.errors import LirefError
-from probing.fingerprint import model_fingerprint
+from probing.fingerprint import fingerprint, model_fingerprint
 from probing.hooks import check_layers, forward_residual
-from probing.io import atomic_write_bytes, read_json, write_json
+from probing.io import remove_orphans
 from probing.models import model_id, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CACHE_FORMAT",
     "CACHE_FORMAT_VERSION",
     "MANIFEST_FILENAME",
     "CacheManifest",
@@ -52,9 +55,10 @@ __all__ = [
     "token_chunks",
 ]
 
-CACHE_FORMAT_VERSION = 1
-MANIFEST_FILENAME = "manifest.json"
-SHARD_KEY = "activations"
+CACHE_FORMAT = "liref-token-activations"
+CACHE_FORMAT_VERSION = 2
+MANIFEST_FILENAME = MANIFEST
+SHARD_GLOB = "shard_*.safetensors"
 
 
 @dataclass
@@ -153,21 +157,28 @@ def iter_residual_tokens(
     tokenizer: Any,
     texts: Iterable[str],
     stream: TokenStreamConfig,
+    skip_tokens: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Residual activations at ``stream.layer``, one ``[n_tokens, d_model]`` chunk per forward
-    pass (padding and optionally BOS dropped), in the model's dtype; stops at ``max_tokens``."""
+    pass (padding and optionally BOS dropped), in the model's dtype; stops at ``max_tokens``.
+
+    ``skip_tokens`` drops the stream's first tokens; batches made only of skipped tokens get no
+    forward pass (how an interrupted cache build resumes). The stream is deterministic: the same
+    texts and settings give the same batches."""
     (layer,) = check_layers(model, [stream.layer])
     bos = getattr(tokenizer, "bos_token_id", None)
-    seen = 0
+    seen = 0  # tokens of the stream so far, skipped ones included
     for ids, mask in text_batches(tokenizer, texts, stream.context_size, stream.batch_size):
-        acts = forward_residual(model, ids, mask, [layer], early_exit=True)[layer]
-        keep = token_mask(ids, mask, bos, stream.drop_bos).to(acts.device)
-        out = acts[keep]
+        keep = token_mask(ids, mask, bos, stream.drop_bos)
+        n = int(keep.sum())
         if stream.max_tokens is not None:
-            out = out[: stream.max_tokens - seen]
-        if out.shape[0]:
-            seen += out.shape[0]
-            yield out
+            n = min(n, stream.max_tokens - seen)
+        if seen + n > skip_tokens:
+            acts = forward_residual(model, ids, mask, [layer], early_exit=True)[layer]
+            out = acts[keep.to(acts.device)][:n][max(0, skip_tokens - seen):]
+            if out.shape[0]:
+                yield out
+        seen += n
         if stream.max_tokens is not None and seen >= stream.max_tokens:
             return
 
@@ -184,7 +195,7 @@ class ShardInfo:
 
 @dataclass
 class CacheManifest:
-    """``manifest.json`` of a token-activation cache."""
+    """``manifest.json`` of a token-activation cache (``complete`` once every shard is in)."""
 
     model_id: str
     model_fingerprint: str
@@ -198,7 +209,9 @@ class CacheManifest:
     max_tokens: int | None
     shards: list[ShardInfo] = field(default_factory=list)
     corpus: dict[str, Any] = field(default_factory=dict)
-    format_version: int = CACHE_FORMAT_VERSION
+    complete: bool = True
+    format: str = CACHE_FORMAT
+    version: int = CACHE_FORMAT_VERSION
     created: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,18 +219,28 @@ class CacheManifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: Path) -> CacheManifest:
+        """Check ``d`` (read from ``path``) with the cache core; raises ``LirefError``."""
+        entry = _entry(path.parent)
+        d = entry.validate(d)
         try:
-            shards = [ShardInfo(**s) for s in d["shards"]]
-            out = cls(**{**d, "shards": shards})
-        except (KeyError, TypeError) as exc:
-            raise LirefError(f"corrupted cache manifest {path}: {exc}") from exc
-        if out.format_version != CACHE_FORMAT_VERSION:
-            raise LirefError(f"cache manifest {path} has format {out.format_version}; this liref "
-                             f"reads format {CACHE_FORMAT_VERSION}: delete the folder to rebuild")
-        if sum(s.n_tokens for s in shards) != out.n_tokens:
+            out = cls(**{**d, "shards": [ShardInfo(**s) for s in d["shards"]]})
+        except TypeError as exc:
+            raise LirefError(f"corrupted cache manifest {path}: {exc}; delete the folder "
+                             f"{path.parent} to rebuild it") from exc
+        if sum(s.n_tokens for s in out.shards) != out.n_tokens:
             raise LirefError(f"corrupted cache manifest {path}: shard token counts do not sum to "
-                             f"n_tokens={out.n_tokens}")
+                             f"n_tokens={out.n_tokens}; delete the folder {path.parent} to "
+                             f"rebuild it")
         return out
+
+
+_SCHEMA = {"model_id": str, "model_fingerprint": str, "layer": int, "corpus_fingerprint": str,
+           "dtype": str, "n_tokens": int, "d_model": int, "context_size": int, "drop_bos": bool,
+           "max_tokens": (int, type(None)), "corpus": dict, "created": (int, float)}
+
+
+def _entry(folder: str | Path) -> CacheEntry:
+    return CacheEntry(folder, CACHE_FORMAT, CACHE_FORMAT_VERSION, _SCHEMA, {"n_tokens": int})
 
 
 class TokenActivationCache:
@@ -226,8 +249,13 @@ class TokenActivationCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.manifest = CacheManifest.from_dict(read_json(self.path / MANIFEST_FILENAME),
+        self.entry = _entry(self.path)
+        self.manifest = CacheManifest.from_dict(self.entry.read_manifest(),
                                                 self.path / MANIFEST_FILENAME)
+        if not self.manifest.complete:
+            raise LirefError(f"token-activation cache {self.path} is incomplete "
+                             f"({len(self.manifest.shards)} shards written): re-run to resume "
+                             f"building it")
 
     @property
     def n_tokens(self) -> int:
@@ -240,31 +268,14 @@ class TokenActivationCache:
     def __len__(self) -> int:
         return len(self.manifest.shards)
 
-    def _bad(self, file: Path, why: str) -> LirefError:
-        return LirefError(f"corrupted token-activation cache shard {file}: {why}; delete "
-                          f"{self.path} to rebuild it")
-
     def load_shard(self, i: int) -> torch.Tensor:
-        """Shard ``i`` as ``[n_tokens, d_model]`` (cache dtype), verified."""
+        """Shard ``i`` as ``[n_tokens, d_model]`` (cache dtype), verified (size + sha256)."""
         info = self.manifest.shards[i]
-        file = self.path / info.file
-        if not file.is_file():
-            raise self._bad(file, "file is missing")
-        size = file.stat().st_size
-        if size != info.bytes:
-            raise self._bad(file, f"size {size} bytes, manifest says {info.bytes} (truncated?)")
-        data = file.read_bytes()
-        if hashlib.sha256(data).hexdigest() != info.sha256:
-            raise self._bad(file, "sha256 checksum does not match the manifest")
-        from safetensors.torch import load
-
-        try:
-            acts = load(data)[SHARD_KEY]
-        except Exception as exc:  # noqa: BLE001 - checksum matched, so the writer was wrong
-            raise self._bad(file, f"unreadable safetensors ({exc})") from exc
+        acts = self.entry.read_shard(asdict(info))
         if tuple(acts.shape) != (info.n_tokens, self.d_model):
-            raise self._bad(file, f"shape {tuple(acts.shape)}, expected "
-                                  f"({info.n_tokens}, {self.d_model})")
+            raise LirefError(f"corrupted token-activation cache shard {self.path / info.file}: "
+                             f"shape {tuple(acts.shape)}, expected ({info.n_tokens}, "
+                             f"{self.d_model}); delete {self.path} to rebuild it")
         return acts
 
     def verify(self) -> None:
@@ -306,14 +317,7 @@ def cache_key(model_fp: str, corpus_fp: str, stream: TokenStreamConfig) -> str:
         "dtype": str(resolve_dtype(stream.dtype)),
         "max_tokens": stream.max_tokens,
     }
-    blob = repr(sorted(ident.items())).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def _shard_bytes(acts: torch.Tensor) -> bytes:
-    from safetensors.torch import save
-
-    return save({SHARD_KEY: acts.contiguous()})
+    return fingerprint(ident, length=20)
 
 
 def build_token_cache(
@@ -325,37 +329,54 @@ def build_token_cache(
     corpus_fingerprint: str,
     corpus_description: dict[str, Any] | None = None,
 ) -> TokenActivationCache:
-    """Extract activations of ``texts`` into ``out_dir`` (must not exist yet), shard by shard.
+    """Extract activations of ``texts`` into the cache folder ``out_dir``, shard by shard,
+    resuming after the complete shards an interrupted build listed in its manifest.
 
-    Shards are written atomically; the manifest is written last, so a folder without a
-    manifest is an incomplete build.
+    Shards are written atomically and the manifest is rewritten after each one (``complete``
+    last). Hold the entry's lock (``get_or_build_token_cache`` does) when others may build it.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=False)
     (layer,) = check_layers(model, [stream.layer])
+    stream = TokenStreamConfig(**{**asdict(stream), "layer": layer})
     dtype = resolve_dtype(stream.dtype)
-    shards: list[ShardInfo] = []
+    entry = _entry(out_dir)
+    fields = dict(
+        model_id=model_id(model), model_fingerprint=model_fingerprint(model), layer=layer,
+        corpus_fingerprint=corpus_fingerprint, dtype=str(dtype).removeprefix("torch."),
+        n_tokens=0, d_model=0, context_size=stream.context_size, drop_bos=stream.drop_bos,
+        max_tokens=stream.max_tokens, corpus=dict(corpus_description or {}),
+        created=time.time())
+    manifest = entry.read_manifest_or_discard()
+    same = manifest is not None and all(
+        manifest[k] == fields[k] for k in ("model_fingerprint", "layer", "corpus_fingerprint",
+                                           "dtype", "context_size", "drop_bos", "max_tokens"))
+    if manifest is None or not same:
+        manifest = entry.new_manifest(**fields)
+    entry.clean(manifest, SHARD_GLOB)
+    manifest["shards"] = entry.verified_prefix(manifest["shards"])
+    manifest["n_tokens"] = done = sum(s["n_tokens"] for s in manifest["shards"])
+    manifest["complete"] = False
+    if done:
+        log.info("resuming token-activation cache %s after %d complete shards (%d tokens)",
+                 entry.folder, len(manifest["shards"]), done)
     buffer: list[torch.Tensor] = []
     buffered = 0
-    d_model = 0
 
     def flush(n: int) -> None:
         nonlocal buffer, buffered
         acts = torch.cat(buffer)
         shard, rest = acts[:n], acts[n:]
-        data = _shard_bytes(shard)
-        name = f"shard_{len(shards):05d}.safetensors"
-        atomic_write_bytes(out_dir / name, data)
-        shards.append(ShardInfo(name, int(shard.shape[0]), len(data),
-                                hashlib.sha256(data).hexdigest()))
+        record = entry.write_shard(f"shard_{len(manifest['shards']):05d}.safetensors", shard)
+        manifest["shards"].append({**record, "n_tokens": int(shard.shape[0])})
+        manifest["n_tokens"] += int(shard.shape[0])
+        manifest["d_model"] = int(shard.shape[1])
+        entry.write_manifest(manifest)
         buffer = [rest] if rest.shape[0] else []
         buffered = int(rest.shape[0])
 
-    pbar = tqdm(total=stream.max_tokens, desc=f"caching layer {layer} activations",
-                unit="tok", leave=False)
-    for chunk in iter_residual_tokens(model, tokenizer, texts, stream):
+    pbar = tqdm(total=stream.max_tokens, initial=done, unit="tok", leave=False,
+                desc=f"caching layer {layer} activations")
+    for chunk in iter_residual_tokens(model, tokenizer, texts, stream, skip_tokens=done):
         chunk = chunk.to("cpu", dtype)
-        d_model = int(chunk.shape[1])
         buffer.append(chunk)
         buffered += chunk.shape[0]
         pbar.update(chunk.shape[0])
@@ -364,18 +385,11 @@ def build_token_cache(
     if buffered:
         flush(buffered)
     pbar.close()
-    n_tokens = sum(s.n_tokens for s in shards)
-    if n_tokens == 0:
+    if manifest["n_tokens"] == 0:
         raise LirefError(f"the corpus gave no tokens at layer {layer} (all padding/BOS?)")
-    manifest = CacheManifest(
-        model_id=model_id(model), model_fingerprint=model_fingerprint(model), layer=layer,
-        corpus_fingerprint=corpus_fingerprint, dtype=str(dtype).removeprefix("torch."),
-        n_tokens=n_tokens, d_model=d_model, context_size=stream.context_size,
-        drop_bos=stream.drop_bos, max_tokens=stream.max_tokens, shards=shards,
-        corpus=dict(corpus_description or {}), created=time.time(),
-    )
-    write_json(out_dir / MANIFEST_FILENAME, manifest.to_dict())
-    return TokenActivationCache(out_dir)
+    manifest["complete"] = True
+    entry.write_manifest(manifest)
+    return TokenActivationCache(entry.folder)
 
 
 def get_or_build_token_cache(
@@ -389,35 +403,31 @@ def get_or_build_token_cache(
 ) -> tuple[TokenActivationCache, bool]:
     """The cache for (model, corpus, stream settings) under ``cache_dir``; built if absent.
 
-    Returns ``(cache, built)``. Parallel callers are serialised by a file lock; the folder is
-    built under a temporary name and renamed into place, so a reader never sees a partial cache.
+    Returns ``(cache, built)`` (``built``: this call computed activations). Parallel callers
+    are serialised by the entry's file lock; an interrupted build is resumed from its complete
+    shards; a damaged manifest is discarded with a warning and the cache rebuilt.
     """
-    from filelock import FileLock
-
     (layer,) = check_layers(model, [stream.layer])
     stream = TokenStreamConfig(**{**asdict(stream), "layer": layer})
     cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(model_fingerprint(model), corpus_fingerprint, stream)
-    final = cache_dir / key
-    with FileLock(str(cache_dir / f"{key}.lock")):
-        if (final / MANIFEST_FILENAME).is_file():
-            log.info("reusing token-activation cache %s", final)
-            return TokenActivationCache(final), False
-        if final.exists():  # an older, incomplete folder (no manifest): never trust it
-            shutil.rmtree(final)
-        for stale in cache_dir.glob(f".{key}.partial-*"):  # a crashed builder's leftovers
-            shutil.rmtree(stale, ignore_errors=True)  # (we hold the lock: nobody else builds)
-        tmp = cache_dir / f".{key}.partial-{os.getpid()}"
-        try:
-            build_token_cache(model, tokenizer, texts, tmp, stream, corpus_fingerprint,
-                              corpus_description)
-            os.replace(tmp, final)
-            log.info("cached token activations (layer %d) in %s", layer, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return TokenActivationCache(final), True
+    entry = _entry(cache_dir / key)
+    with entry.lock():
+        manifest = entry.read_manifest_or_discard()
+        if manifest is not None and manifest["complete"]:
+            try:
+                cache = TokenActivationCache(entry.folder)
+                log.info("reusing token-activation cache %s", entry.folder)
+                return cache, False
+            except LirefError as exc:  # e.g. token counts that do not add up
+                log.warning("%s -- rebuilding it", exc)
+                entry.discard()
+        # what older builders left when killed (they built under a temporary folder name)
+        remove_orphans(cache_dir, [f".{key}.partial-*"])
+        cache = build_token_cache(model, tokenizer, texts, entry.folder, stream,
+                                  corpus_fingerprint, corpus_description)
+        log.info("cached token activations (layer %d) in %s", layer, entry.folder)
+    return cache, True
 
 
 def activation_batches(

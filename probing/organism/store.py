@@ -1,7 +1,10 @@
 """Organism checkpoints on disk: save atomically, read their config, find or train one.
 
 A checkpoint folder holds the HF model and tokenizer, ``organism.json`` (full config, hash,
-vocabulary size), ``metrics.json`` and ``COMMAND``.
+vocabulary size), ``metrics.json`` and ``COMMAND``. It is written in a temporary folder beside
+its place and swapped in atomically (``probing.io.atomic_replace_dir``), so there is always a
+complete checkpoint; ``ensure_organism`` holds a file lock, so parallel sweep jobs train one
+organism config once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from typing import Any
 from torch import nn
 
 from probing.errors import LirefError
-from probing.io import read_json, write_json
+from probing.io import (
+    atomic_replace_dir,
+    ensure_dir,
+    file_lock,
+    read_json,
+    remove_orphans,
+    write_json,
+)
 from probing.organism.config import OrganismConfig
 from probing.organism.corpus import Corpus
 from probing.organism.tokenizer import save_tokenizer, vocab_of
@@ -38,15 +48,16 @@ def save_checkpoint(
     command: str | None = None,
 ) -> Path:
     """Write model, tokenizer, ``organism.json`` (+ ``metrics.json``, ``COMMAND``) to a temp
-    folder beside ``folder``, then rename it into place (an old checkpoint is replaced only
-    once the new one is complete)."""
+    folder beside ``folder``, then move it into place atomically: an old checkpoint is swapped
+    for the new one in one step (Linux ``renameat2``; two renames elsewhere, see
+    ``probing.io.atomic_replace_dir``), so readers always find a complete checkpoint."""
     from probing import __version__
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder.parent)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    ensure_dir(tmp)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         save_tokenizer(corpus.vocabulary, tmp)
@@ -60,11 +71,7 @@ def save_checkpoint(
             write_json(tmp / "metrics.json", dict(metrics))
         if command is not None:
             (tmp / "COMMAND").write_text(command.rstrip("\n") + "\n", encoding="utf-8")
-        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        atomic_replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -98,7 +105,10 @@ def ensure_organism(
 
     The default config (``None`` or the committed checkpoint's config) without ``retrain``
     gives ``DEFAULT_CHECKPOINT``. Otherwise the organism is trained into
-    ``cache_dir/organism-<config hash>/`` unless a complete one is already there.
+    ``cache_dir/organism-<config hash>/`` unless a complete one is already there. The check and
+    the training hold the lock ``cache_dir/organism-<config hash>.lock``: parallel jobs asking
+    for one config train it once (the others wait, then load it); temporary folders of a
+    killed trainer are removed.
     """
     from probing.organism import DEFAULT_CHECKPOINT
 
@@ -110,11 +120,13 @@ def ensure_organism(
         return DEFAULT_CHECKPOINT
     root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "liref"
     folder = root.expanduser() / f"organism-{cfg.config_hash()}"
-    if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
-        log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
-        return folder
-    log.info("training organism %s into %s", cfg.config_hash(), folder)
-    from probing.organism import training
+    with file_lock(folder.parent / f"{folder.name}.lock", what=str(folder)):
+        if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
+            log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
+            return folder
+        remove_orphans(folder.parent, [f".{folder.name}.tmp-*", f".{folder.name}.old-*"])
+        log.info("training organism %s into %s", cfg.config_hash(), folder)
+        from probing.organism import training
 
-    training.train_and_save(cfg, folder, progress=progress)
+        training.train_and_save(cfg, folder, progress=progress)
     return folder

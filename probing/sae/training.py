@@ -11,6 +11,12 @@ were trained on).
 
 sae-lens's own wandb logging stays off: progress goes through a callback (the jobs pass the
 liref tracker's ``log``). sae-lens does not seed torch: ``train_sae`` does.
+
+Crash safety: ``save_sae`` writes the SAE folder under a temporary name and moves it into place
+atomically, so a half-written SAE folder is never read. ``train_sae(checkpoint_dir=...)`` saves
+sae-lens trainer checkpoints (weights, optimizer, schedulers, scaler, sparsity statistics),
+each moved into place atomically; a run killed mid-training (even ``kill -9``) and started
+again with the same settings resumes from its last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -18,22 +24,34 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from probing.errors import LirefError, from_mapping
+from probing.fingerprint import fingerprint
+from probing.io import (
+    atomic_replace_dir,
+    disk_error,
+    ensure_dir,
+    file_lock,
+    remove_orphans,
+    write_json,
+)
 from probing.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURES",
+    "CHECKPOINT_FILENAME",
     "LIREF_SAE_FILENAME",
     "SAETrainConfig",
+    "checkpoint_run_dir",
     "is_pretrained_release",
     "load_sae",
     "make_training_sae",
@@ -55,6 +73,10 @@ _L1_ARCHS = {"standard", "gated"}
 
 #: liref's provenance file written next to sae-lens's ``cfg.json`` / ``sae_weights.safetensors``.
 LIREF_SAE_FILENAME = "liref_sae.json"
+#: written last into a training checkpoint folder (before it is moved into place)
+CHECKPOINT_FILENAME = "liref_checkpoint.json"
+#: what a saved SAE folder may hold (``save_sae`` replaces such a folder, and no other)
+_SAE_FILES = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", LIREF_SAE_FILENAME}
 
 LogFn = Callable[[dict[str, Any], int], None]
 EvalFn = Callable[[Any, Any], dict[str, float]]
@@ -210,6 +232,40 @@ def _make_trainer_cls() -> type:
         evaluate: EvalFn | None = None
         log_every: int = 50
         eval_every: int = 0
+        run_dir: Path | None = None  # where checkpoints go (``None``: sae-lens's own way)
+
+        def save_checkpoint(self, checkpoint_name: str, base_path: Any = None,
+                            wandb_aliases: Any = None) -> None:
+            """sae-lens's checkpoint, written under a temporary name, completed with
+            ``liref_checkpoint.json`` and moved into place atomically; older ones removed."""
+            if self.run_dir is None:
+                super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
+                return
+            final = self.run_dir / f"{self.n_training_samples:015d}"
+            tmp = self.run_dir / f".{final.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                super().save_checkpoint(tmp.name, base_path=self.run_dir)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise disk_error(exc, tmp / "sae_weights.safetensors") from exc
+            write_json(tmp / CHECKPOINT_FILENAME, {
+                "n_training_samples": self.n_training_samples,
+                "n_training_steps": self.n_training_steps + 1,  # fit() increments after this
+            })
+            atomic_replace_dir(tmp, final)
+            for old in _checkpoints(self.run_dir)[:-1]:
+                shutil.rmtree(old, ignore_errors=True)
+            log.info("SAE checkpoint at %d samples: %s", self.n_training_samples, final)
+
+        def resume(self, folder: Path) -> None:
+            """Continue from checkpoint ``folder`` (weights, optimizer, schedulers, scaler)."""
+            info = json.loads((folder / CHECKPOINT_FILENAME).read_text())
+            self.sae.load_weights_from_checkpoint(folder)
+            self.load_trainer_state(folder)
+            self.n_training_steps = int(info["n_training_steps"])
+            self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds
+                                          if t >= self.n_training_samples]
 
         def step(self, batch: torch.Tensor) -> Any:
             out = super().step(batch)
@@ -229,6 +285,24 @@ def _make_trainer_cls() -> type:
     return TrackedSAETrainer
 
 
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name.isdigit()
+                  and (p / CHECKPOINT_FILENAME).is_file())
+
+
+def checkpoint_run_dir(checkpoint_dir: str | Path, cfg: SAETrainConfig, d_in: int,
+                       seed: int | None, metadata: dict[str, Any] | None) -> Path:
+    """``checkpoint_dir/sae-<key>``: the key covers everything that makes a run the same run
+    (settings, width, seed, metadata such as model, layer and corpus fingerprint)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("log_every", "eval_every")}
+    key = fingerprint({"cfg": settings, "d_in": d_in, "seed": seed, "metadata": metadata or {}})
+    return Path(checkpoint_dir).expanduser() / f"sae-{key}"
+
+
 def train_sae(
     data_provider: Iterator[torch.Tensor],
     d_in: int,
@@ -237,6 +311,8 @@ def train_sae(
     on_log: LogFn | None = None,
     evaluate: EvalFn | None = None,
     metadata: dict[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    n_checkpoints: int = 4,
 ) -> Any:
     """Train an SAE with sae-lens's ``SAETrainer`` on ``[batch_size, d_in]`` batches.
 
@@ -249,10 +325,30 @@ def train_sae(
         evaluate: ``evaluate(training_sae, activation_scaler) -> metrics`` every
             ``cfg.eval_every`` steps (held-out metrics in the scaled space).
         metadata: written into the SAE's ``cfg.metadata`` (model_name, hook_name, ...).
+        checkpoint_dir: keep resumable checkpoints in ``checkpoint_dir/sae-<run key>/`` (see
+            ``checkpoint_run_dir``): a run of the same settings that was killed resumes from its
+            last complete checkpoint (the data provider starts again from its beginning; the
+            total number of training tokens is unchanged). Removed when training completes.
+            ``None``: no checkpoints; a killed run restarts from scratch.
+        n_checkpoints: checkpoints per run (evenly spaced) when ``checkpoint_dir`` is given.
 
     Returns:
         the trained sae-lens ``TrainingSAE`` (activation scaling folded into the weights).
     """
+    if checkpoint_dir is None:
+        return _train_sae(data_provider, d_in, cfg, seed, on_log, evaluate, metadata, None, 0)
+    run_dir = ensure_dir(checkpoint_run_dir(checkpoint_dir, cfg, d_in, seed, metadata))
+    with file_lock(run_dir.parent / f"{run_dir.name}.lock", what=f"the SAE run {run_dir}"):
+        remove_orphans(run_dir, [".*.tmp-*"])  # checkpoints a killed run was writing
+        sae = _train_sae(data_provider, d_in, cfg, seed, on_log, evaluate, metadata, run_dir,
+                         n_checkpoints)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return sae
+
+
+def _train_sae(data_provider: Iterator[torch.Tensor], d_in: int, cfg: SAETrainConfig,
+               seed: int | None, on_log: LogFn | None, evaluate: EvalFn | None,
+               metadata: dict[str, Any] | None, run_dir: Path | None, n_checkpoints: int) -> Any:
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     if seed is not None:
@@ -271,7 +367,7 @@ def train_sae(
         device=cfg.device,
         dead_feature_window=cfg.dead_feature_window,
         feature_sampling_window=cfg.feature_sampling_window,
-        n_checkpoints=0,
+        n_checkpoints=n_checkpoints if run_dir is not None else 0,
         checkpoint_path=None,
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
@@ -280,6 +376,12 @@ def train_sae(
     trainer = _make_trainer_cls()(cfg=trainer_cfg, sae=sae, data_provider=data_provider)
     trainer.on_log, trainer.evaluate = on_log, evaluate
     trainer.log_every, trainer.eval_every = cfg.log_every, cfg.eval_every
+    trainer.run_dir = run_dir
+    done = _checkpoints(run_dir) if run_dir is not None else []
+    if done:
+        trainer.resume(done[-1])
+        log.info("resuming SAE training from checkpoint %s (%d of %d tokens done)", done[-1],
+                 trainer.n_training_samples, cfg.training_tokens)
     sae = trainer.fit()
     sae.eval()
     return sae
@@ -288,19 +390,39 @@ def train_sae(
 def save_sae(sae: Any, path: str | Path, info: dict[str, Any] | None = None) -> Path:
     """Save in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``; a training SAE is
     saved as its inference SAE) plus ``liref_sae.json`` (``info``: model, layer, corpus, metrics).
+
+    The folder is written as ``.<name>.tmp-<pid>`` beside ``path`` and moved into place
+    atomically (replacing an older SAE there in one step): ``path`` is always absent or
+    complete. Temporary folders of killed savers are removed. A ``path`` holding anything but
+    a saved SAE is refused (it would be replaced as a whole).
     """
     from sae_lens.saes.sae import TrainingSAE
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if isinstance(sae, TrainingSAE):
-        sae.save_inference_model(path)
-    else:
-        sae.save_model(path)
-    if info is not None:
-        from probing.io import write_json
-
-        write_json(path / LIREF_SAE_FILENAME, info)
+    path = Path(path).expanduser()
+    if path.exists():
+        other = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
+        other = [name for name in other if name not in _SAE_FILES]
+        if other:
+            raise LirefError(f"{path} holds other things than a saved SAE ({other[:5]}); "
+                             f"save_sae replaces the whole folder: choose a new or empty one")
+    ensure_dir(path.parent)
+    remove_orphans(path.parent, [f".{path.name}.tmp-*"], dead_pids_only=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        ensure_dir(tmp)
+        try:
+            if isinstance(sae, TrainingSAE):
+                sae.save_inference_model(tmp)
+            else:
+                sae.save_model(tmp)
+        except OSError as exc:
+            raise disk_error(exc, path / "sae_weights.safetensors") from exc
+        if info is not None:
+            write_json(tmp / LIREF_SAE_FILENAME, info)
+        atomic_replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
