@@ -281,8 +281,14 @@ def train_sae_on_corpus(
     meta = sae_metadata(model_id(model), layer, data.context_size, str(corpus.description),
                         prepend_bos=True)
     meta["liref_corpus_fingerprint"] = corpus.fingerprint
+    from probing.fingerprint import model_fingerprint
+
+    meta["liref_model_fingerprint"] = model_fingerprint(model)
+    # a killed run of the same settings resumes from its last checkpoint (kept beside the
+    # token cache; removed once training completes)
+    checkpoints = Path(data.cache_dir).parent / "sae_checkpoints" if data.cache_dir else None
     training_sae = train_sae(provider, d_in, cfg, seed=seed, on_log=on_log, evaluate=evaluate,
-                             metadata=meta)
+                             metadata=meta, checkpoint_dir=checkpoints)
     with tempfile.TemporaryDirectory() as tmp:
         sae_dir = Path(out_dir) / "sae" if out_dir is not None else Path(tmp) / "sae"
         save_sae(training_sae, sae_dir)
