@@ -7,7 +7,7 @@ attention mask), decoded greedily, cut at the first ``stop_at`` and returned in 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ def greedy_generate(
     max_new_tokens: int,
     batch_size: int = 32,
     stop_at: str | None = "\n",
+    on_batch: Callable[[list[int]], None] | None = None,
 ) -> list[str]:
     """Greedy completions of ``prompts`` (the new text only, cut before ``stop_at``).
 
@@ -59,6 +60,8 @@ def greedy_generate(
         batch_size: prompts per ``generate`` call.
         stop_at: stop a row once its completion contains this string and cut the completion
             there; ``None`` generates up to ``max_new_tokens`` (or EOS).
+        on_batch: called with the indices (into ``prompts``) of each batch's rows, in row
+            order, before that batch is generated (e.g. to give each row its steering setting).
 
     Returns:
         N completion strings, in the order of ``prompts``.
@@ -88,6 +91,8 @@ def greedy_generate(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
+            if on_batch is not None:
+                on_batch(list(idx))
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             prompt_len = enc["input_ids"].shape[1]

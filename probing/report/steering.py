@@ -1,0 +1,115 @@
+"""Steering sweep figures (matplotlib, Agg) and tables: a value (accuracy, a rate, a margin)
+against strength with its 95% interval band, one panel per item set, the LiReF beside its
+controls (negated, orthogonalised, random directions / random latents) and the unsteered run."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from probing.io import atomic_write_text  # noqa: E402
+
+__all__ = ["plot_sweep", "sweep_panels", "write_csv"]
+
+_STYLE = {
+    "direction": {"color": "tab:red", "lw": 2.0, "label": "+LiReF"},
+    "negated": {"color": "tab:blue", "lw": 2.0, "label": "-LiReF"},
+    "orthogonal": {"color": "tab:purple", "lw": 1.5, "ls": "--", "label": "LiReF orth. to latents"},
+    "latent": {"color": "tab:red", "lw": 2.0, "label": "matched latent"},
+    "random": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random (same norm)"},
+    "random_latent": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random latent"},
+}
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """All rows, columns = the union of their keys in first-seen order."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def sweep_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int, int | None]]:
+    """The distinct ``(metric, intervention, layer, rank)`` of the steered rows."""
+    seen: dict[tuple, None] = {}
+    for r in rows:
+        if r["intervention"] != "none":
+            seen[(r["metric"], r["intervention"], r["layer"], r.get("rank"))] = None
+    return list(seen)
+
+
+def _band(ax: Any, xs: list[float], ys: list[float], lo: list[float], hi: list[float],
+          style: Mapping[str, Any], label: str | None) -> None:
+    line = ax.plot(xs, ys, marker="o", ms=3, label=label,
+                   **{k: v for k, v in style.items() if k != "label"})[0]
+    if style.get("lw", 1) >= 1.5:
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
+               intervention: str, layer: int, rank: int | None = None, value: str = "accuracy",
+               title: str = "") -> Path | None:
+    """One panel per set: ``value`` vs strength for each condition (intervals as bands; random
+    controls as thin grey lines), the unsteered run as a horizontal line with its band. For an
+    intervention without strengths (ablation), one point per condition. Returns ``None`` when
+    no row has ``value``."""
+    lo_key = "ci_low" if value == "accuracy" else f"{value}_ci_low"
+    hi_key = "ci_high" if value == "accuracy" else f"{value}_ci_high"
+    sel = [r for r in rows if r["metric"] == metric and value in r and r.get(value) is not None]
+    sets = list(dict.fromkeys(r["set"] for r in sel))
+    steered = [r for r in sel if r["intervention"] == intervention and r["layer"] == layer
+               and r.get("rank") == rank]
+    if not steered:
+        return None
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 3.2), squeeze=False)
+    for ax, set_name in zip(axes[0], sets, strict=True):
+        base = next((r for r in sel if r["set"] == set_name and r["intervention"] == "none"),
+                    None)
+        mine = [r for r in steered if r["set"] == set_name]
+        no_strength = all(r["strength"] is None for r in mine)
+        labelled: set[str] = set()
+        curves: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
+        for r in mine:
+            curves.setdefault((r["condition"], r.get("seed")), []).append(r)
+        for i, ((cond, _seed), pts) in enumerate(sorted(curves.items(), key=lambda kv: (
+                kv[0][0].startswith("random"), str(kv[0])))):
+            style = _STYLE.get(cond, {"color": "black", "label": cond})
+            label = None if cond in labelled else style["label"]
+            labelled.add(cond)
+            if no_strength:
+                r = pts[0]
+                ax.errorbar([i], [r[value]], yerr=[[r[value] - r[lo_key]], [r[hi_key] - r[value]]],
+                            fmt="o", color=style["color"], label=label, capsize=3)
+                continue
+            pts = sorted(pts, key=lambda r: float(r["strength"]))
+            _band(ax, [float(r["strength"]) for r in pts], [r[value] for r in pts],
+                  [r[lo_key] for r in pts], [r[hi_key] for r in pts], style, label)
+        if base is not None:
+            ax.axhline(base[value], color="black", lw=1, ls=":", label="unsteered")
+            ax.axhspan(base[lo_key], base[hi_key], color="black", alpha=0.07, lw=0)
+        ax.set_title(set_name, fontsize=9)
+        ax.set_xlabel("condition" if no_strength else "strength")
+        if no_strength:
+            ax.set_xticks([])
+        ax.set_ylabel(value)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
+    fig.suptitle(title or f"{intervention} ({where}), {metric}: {value}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
