@@ -155,14 +155,12 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
     if cfg.plots:
         values = ["accuracy", *sorted({k for r in rows for k in r
                                        if (k.startswith("rate_") or k in ("margin", "logp_gold"))
-                                       and f"{k}_ci_low" in r})]
+                                       and f"{k}_ci_low" in r and not k.endswith("_diff")})]
         for m, name, layer, rank in sweep_panels(rows):
-            for value in values:
-                tag = f"{m}_{name}_L{layer}" + (f"_rank{rank}" if rank is not None else "")
-                path = plot_sweep(rows, run_dir / f"steer_{tag}_{value}.png", m, name, layer,
-                                  rank, value)
-                if path is not None:
-                    plots.append(path)
+            tag = f"{m}_{name}_L{layer}" + (f"_rank{rank}" if rank is not None else "")
+            path = plot_sweep(rows, run_dir / f"steer_{tag}.png", m, name, layer, rank, values)
+            if path is not None:
+                plots.append(path)
     _log(ctx, rows, plots)
     head = plain(cfg.headline) or {}
     metrics: dict[str, Any] = {}

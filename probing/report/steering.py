@@ -60,56 +60,72 @@ def _band(ax: Any, xs: list[float], ys: list[float], lo: list[float], hi: list[f
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
 
 
-def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
-               intervention: str, layer: int, rank: int | None = None, value: str = "accuracy",
-               title: str = "") -> Path | None:
-    """One panel per set: ``value`` vs strength for each condition (intervals as bands; random
-    controls as thin grey lines), the unsteered run as a horizontal line with its band. For an
-    intervention without strengths (ablation), one point per condition. Returns ``None`` when
-    no row has ``value``."""
+def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[str, Any]],
+           set_name: str, value: str) -> None:
+    """One set's curves of ``value`` in ``ax``."""
     lo_key = "ci_low" if value == "accuracy" else f"{value}_ci_low"
     hi_key = "ci_high" if value == "accuracy" else f"{value}_ci_high"
-    sel = [r for r in rows if r["metric"] == metric and value in r and r.get(value) is not None]
-    sets = list(dict.fromkeys(r["set"] for r in sel))
+    base = next((r for r in sel if r["set"] == set_name and r["intervention"] == "none"), None)
+    mine = [r for r in steered if r["set"] == set_name]
+    no_strength = all(r["strength"] is None for r in mine)
+    labelled: set[str] = set()
+    curves: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
+    for r in mine:
+        curves.setdefault((r["condition"], r.get("seed")), []).append(r)
+    ordered = sorted(curves.items(), key=lambda kv: (kv[0][0].startswith("random"), str(kv[0])))
+    for i, ((cond, _seed), pts) in enumerate(ordered):
+        style = _STYLE.get(cond, {"color": "black", "label": cond})
+        label = None if cond in labelled else style["label"]
+        labelled.add(cond)
+        if no_strength:
+            r = pts[0]
+            ax.errorbar([i], [r[value]], yerr=[[r[value] - r[lo_key]], [r[hi_key] - r[value]]],
+                        fmt="o", color=style["color"], label=label, capsize=3)
+            continue
+        pts = sorted(pts, key=lambda r: float(r["strength"]))
+        _band(ax, [float(r["strength"]) for r in pts], [r[value] for r in pts],
+              [r[lo_key] for r in pts], [r[hi_key] for r in pts], style, label)
+    if base is not None:
+        ax.axhline(base[value], color="black", lw=1, ls=":", label="unsteered")
+        ax.axhspan(base[lo_key], base[hi_key], color="black", alpha=0.07, lw=0)
+    ax.set_title(f"{set_name}: {value}", fontsize=9)
+    ax.set_xlabel("condition" if no_strength else "strength")
+    if no_strength:
+        ax.set_xticks([])
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
+               intervention: str, layer: int, rank: int | None = None,
+               values: Sequence[str] = ("accuracy",), title: str = "") -> Path | None:
+    """A grid: one row per value (accuracy, a rate, a margin), one column per set; each panel
+    shows the value against strength for every condition (95% intervals as bands; random
+    controls as thin grey lines) and the unsteered run as a dotted line with its band. For an
+    intervention without strengths (ablation), one point per condition. Panels without the
+    value are left out; returns ``None`` when nothing is left."""
+    sel = [r for r in rows if r["metric"] == metric]
     steered = [r for r in sel if r["intervention"] == intervention and r["layer"] == layer
                and r.get("rank") == rank]
     if not steered:
         return None
-    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 3.2), squeeze=False)
-    for ax, set_name in zip(axes[0], sets, strict=True):
-        base = next((r for r in sel if r["set"] == set_name and r["intervention"] == "none"),
-                    None)
-        mine = [r for r in steered if r["set"] == set_name]
-        no_strength = all(r["strength"] is None for r in mine)
-        labelled: set[str] = set()
-        curves: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
-        for r in mine:
-            curves.setdefault((r["condition"], r.get("seed")), []).append(r)
-        for i, ((cond, _seed), pts) in enumerate(sorted(curves.items(), key=lambda kv: (
-                kv[0][0].startswith("random"), str(kv[0])))):
-            style = _STYLE.get(cond, {"color": "black", "label": cond})
-            label = None if cond in labelled else style["label"]
-            labelled.add(cond)
-            if no_strength:
-                r = pts[0]
-                ax.errorbar([i], [r[value]], yerr=[[r[value] - r[lo_key]], [r[hi_key] - r[value]]],
-                            fmt="o", color=style["color"], label=label, capsize=3)
-                continue
-            pts = sorted(pts, key=lambda r: float(r["strength"]))
-            _band(ax, [float(r["strength"]) for r in pts], [r[value] for r in pts],
-                  [r[lo_key] for r in pts], [r[hi_key] for r in pts], style, label)
-        if base is not None:
-            ax.axhline(base[value], color="black", lw=1, ls=":", label="unsteered")
-            ax.axhspan(base[lo_key], base[hi_key], color="black", alpha=0.07, lw=0)
-        ax.set_title(set_name, fontsize=9)
-        ax.set_xlabel("condition" if no_strength else "strength")
-        if no_strength:
-            ax.set_xticks([])
-        ax.set_ylabel(value)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    sets = list(dict.fromkeys(r["set"] for r in sel))
+    grid = [(v, [s for s in sets if any(r["set"] == s and r.get(v) is not None
+                                        for r in steered)]) for v in values]
+    grid = [(v, ss) for v, ss in grid if ss]
+    if not grid:
+        return None
+    n_cols = max(len(ss) for _, ss in grid)
+    fig, axes = plt.subplots(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
+                             squeeze=False)
+    for i, (value, ss) in enumerate(grid):
+        for j in range(n_cols):
+            if j < len(ss):
+                _panel(axes[i][j], sel, steered, ss[j], value)
+            else:
+                axes[i][j].axis("off")
+    axes[0][len(grid[0][1]) - 1].legend(fontsize=7, loc="best")
     where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
-    fig.suptitle(title or f"{intervention} ({where}), {metric}: {value}", fontsize=10)
+    fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
