@@ -421,3 +421,29 @@ def test_random_latents_match_the_density():
     assert len(set(picked)) == 3 and 66 not in picked and 100 not in picked
     assert all(0.5e-2 <= rows[i]["density"] <= 2e-2 for i in picked)
     assert picked == random_latents(rows, target_density=1e-2, n=3, seed=0, exclude=[66])
+
+
+def test_sweep_settings_put_every_strength_beside_its_controls():
+    from probing.steering.sweep import SweepSpec, build_settings
+
+    r = 3.0 * _direction(6)
+    spec = SweepSpec(["add", "ablate", "scale"], [1], {"add": [0.5, 2.0], "scale": [1.0]},
+                     n_random=3)
+    settings = build_settings(spec, {1: r})
+    assert settings[0].is_baseline and settings[0].interventions == []
+    add = [s for s in settings if s.info["intervention"] == "add"]
+    assert len(add) == 2 * (1 + 1 + 3)
+    for strength in (0.5, 2.0):
+        vecs = {(s.info["condition"], s.info["seed"]): s.interventions[0].op(1, "block_out", D)
+                .vector for s in add if s.info["strength"] == strength}
+        want = strength * float(r.norm())  # gap units: the same norm for every control
+        assert all(float(v.norm()) == pytest.approx(want) for v in vecs.values())
+        assert torch.allclose(vecs[("negated", None)], -vecs[("direction", None)])
+        assert {seed for cond, seed in vecs if cond == "random"} == {0, 1, 2}
+    ablate = [s.info["condition"] for s in settings if s.info["intervention"] == "ablate"]
+    assert ablate == ["direction", "random", "random", "random"]  # negating changes nothing
+    assert len([s for s in settings if s.info["intervention"] == "scale"]) == 4
+    with pytest.raises(LirefError, match="strengths"):
+        SweepSpec(["scale"], [1], {})
+    with pytest.raises(LirefError, match="matching run"):
+        build_settings(SweepSpec(["add_latent"], [1], {"add_latent": [1.0]}), {1: r})

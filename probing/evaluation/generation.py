@@ -49,6 +49,7 @@ def greedy_generate(
     batch_size: int = 32,
     stop_at: str | None = "\n",
     on_batch: Callable[[list[int]], None] | None = None,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Greedy completions of ``prompts`` (the new text only, cut before ``stop_at``).
 
@@ -62,6 +63,8 @@ def greedy_generate(
             there; ``None`` generates up to ``max_new_tokens`` (or EOS).
         on_batch: called with the indices (into ``prompts``) of each batch's rows, in row
             order, before that batch is generated (e.g. to give each row its steering setting).
+        add_special_tokens: let the tokenizer add BOS etc.; False for chat-templated prompts
+            (they hold their own).
 
     Returns:
         N completion strings, in the order of ``prompts``.
@@ -82,7 +85,8 @@ def greedy_generate(
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
     device = _device(model)
-    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    lengths = [len(tokenizer(p, add_special_tokens=add_special_tokens).input_ids)
+               for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     was_training = model.training
     model.eval()
@@ -93,7 +97,8 @@ def greedy_generate(
             idx = order[start : start + batch_size]
             if on_batch is not None:
                 on_batch(list(idx))
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens)
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             prompt_len = enc["input_ids"].shape[1]
             criteria = None

@@ -150,11 +150,7 @@ def evaluate_generation(model: nn.Module, tokenizer: Any, evalset: EvalSet,
                         batch_size: int = 32, stop_at: str | None = "\n",
                         stops: Sequence[str] | None = None) -> Outcomes:
     """Greedy completions of every setting on ``evalset``, scored with each question's rule
-    (``score_answer``); ``rate_<name>`` = the completion gives that answer; length in tokens.
-
-    Chat-templated prompts (``add_special_tokens=False``) are not supported by
-    ``greedy_generate``'s tokenisation; template them without a second BOS.
-    """
+    (``score_answer``); ``rate_<name>`` = the completion gives that answer; length in tokens."""
     from probing.evaluation.generation import greedy_generate
     from probing.evaluation.scorers import DEFAULT_STOPS, gives_answer, score_answer, scoring_rule
     from probing.steering.context import steer_settings
@@ -166,7 +162,8 @@ def evaluate_generation(model: nn.Module, tokenizer: Any, evalset: EvalSet,
     row_setting = np.repeat(np.arange(s), n)
     with steer_settings(model, settings) as steering:
         texts = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, stop_at,
-                                on_batch=lambda idx: steering.set_rows(row_setting[idx]))
+                                on_batch=lambda idx: steering.set_rows(row_setting[idx]),
+                                add_special_tokens=evalset.add_special_tokens)
     correct = np.zeros((s, n), dtype=bool)
     failed = np.zeros((s, n), dtype=bool)
     length = np.zeros((s, n), dtype=np.float64)
