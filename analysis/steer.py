@@ -5,7 +5,8 @@ Every setting of a sweep (the unsteered run, the LiReF and its controls at every
 evaluated on the same items, several settings per forward / generate call. Writes
 ``results.json`` and ``results.csv`` (one row per set x setting: accuracy with its interval,
 paired difference to the unsteered run, McNemar p and BH q, flips, parse failures, output length,
-margins and rates), ``settings.json``, one PNG per (intervention, layer, value) and
+margins and rates), ``items.json`` (per set: item ids, and per setting the items that flipped
+wrong -> right / right -> wrong; generated completions), ``settings.json``, one PNG per (intervention, layer, value) and
 ``metrics.json`` with the headline effects; logs tables, plots and strength curves to wandb.
 """
 
@@ -77,6 +78,7 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
         evaluate_generation,
         evaluate_teacher_forced,
         headline_metrics,
+        item_flips,
         sweep_rows,
     )
     from probing.report.steering import plot_sweep, sweep_panels, write_csv
@@ -99,6 +101,9 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
                          f"({probe.meta.get('model')!r})")
     match = load_match_run(cfg.match_dir) if cfg.get("match_dir") else None
     sae = match.load_sae() if match is not None else None
+    if cfg.layers is None and probe.best_layer is None:
+        raise LirefError(f"{probe.folder} has no metrics.json with best_layer; name the "
+                         f"steering layers (layers=[...])")
     layers = [probe.best_layer] if cfg.layers is None else [int(x) for x in cfg.layers]
     metric = str(cfg.steer.metric)
     if metric not in ("teacher_forced", "generate"):
@@ -124,6 +129,7 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
     log.info("%d settings x %d sets (%s); layers %s", len(settings), len(evalsets),
              ", ".join(f"{e.name}: {len(e.questions)}" for e in evalsets), layers)
     rows: list[dict[str, Any]] = []
+    items: dict[str, dict[str, Any]] = {}
     bs, n_boot = int(cfg.batch_size), int(cfg.n_resamples)
     gen = cfg.steer.generate
     for es in evalsets:
@@ -131,6 +137,7 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
             t = time.perf_counter()
             out = evaluate_teacher_forced(model, tok, es, interventions, bs)
             rows += sweep_rows(out, infos, n_boot, int(cfg.seed))
+            items[f"{es.name}/{out.metric}"] = item_flips(out)
             log.info("%s: teacher-forced, %d rows in %.1f s", es.name,
                      len(es.questions) * len(settings), time.perf_counter() - t)
         n_gen = len(es.questions) if metric == "generate" else int(gen.n)
@@ -140,6 +147,8 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
             out = evaluate_generation(model, tok, part, interventions, int(gen.max_new_tokens),
                                       min(bs, int(gen.batch_size)), gen.get("stop_at"))
             rows += sweep_rows(out, infos, n_boot, int(cfg.seed))
+            items[f"{es.name}/{out.metric}"] = item_flips(out)
+            items[f"{es.name}/{out.metric}"]["completions"] = out.completions
             log.info("%s: generation on %d items, %d rows in %.1f s", es.name,
                      len(part.questions), len(part.questions) * len(settings),
                      time.perf_counter() - t)
@@ -147,6 +156,7 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
     run_dir = ctx.run_dir
     write_json(run_dir / "results.json", rows)
     write_csv(run_dir / "results.csv", rows)
+    write_json(run_dir / "items.json", items)
     write_json(run_dir / "settings.json", {"probe_dir": str(probe.folder),
                                            "match_dir": str(match.folder) if match else None,
                                            "layers": layers, "settings": infos,

@@ -155,6 +155,12 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
     assert "toy/teacher_forced/add_latent/rank1_latent/selectivity" in metrics
     assert "toy/generate/add/direction/diff" in metrics
     assert (tmp_path / "steer_teacher_forced_add_latent_L1_rank1.png").is_file()
+    items = json.loads((tmp_path / "items.json").read_text())
+    flips = items["toy/teacher_forced"]
+    assert len(flips["item_ids"]) == 12
+    assert [len(u) for u in flips["up"]] == [r["flips_up"] for r in tf]
+    assert [len(d) for d in flips["down"]] == [r["flips_down"] for r in tf]
+    assert len(items["toy/generate"]["completions"]) == len(gen)
 
 
 def _in_process(work, overrides, monkeypatch, capsys) -> tuple[int, str]:

@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_generation",
     "evaluate_teacher_forced",
     "headline_metrics",
+    "item_flips",
     "sweep_rows",
 ]
 
@@ -197,6 +198,16 @@ def sweep_rows(outcomes: Outcomes, infos: Sequence[Mapping[str, Any]], n_resampl
                              outcomes.length, n_resamples, seed)
     return [{"set": outcomes.set, "metric": outcomes.metric, **dict(info), **st}
             for info, st in zip(infos, stats, strict=True)]
+
+
+def item_flips(outcomes: Outcomes, baseline: int = 0) -> dict[str, Any]:
+    """``{"item_ids": [...], "up": [[i, ...] per setting], "down": [...]}``: the items each
+    setting turned wrong -> right (up) and right -> wrong (down) against ``baseline``."""
+    c = outcomes.correct.astype(bool)
+    base = c[baseline]
+    return {"item_ids": list(outcomes.item_ids),
+            "up": [np.flatnonzero(~base & row).tolist() for row in c],
+            "down": [np.flatnonzero(base & ~row).tolist() for row in c]}
 
 
 def build_eval_set(spec: Mapping[str, Any], template: Any = None, tokenizer: Any = None,

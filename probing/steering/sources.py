@@ -19,11 +19,12 @@ __all__ = ["MatchRun", "ProbeRun", "load_match_run", "load_probe_run"]
 class ProbeRun:
     """A probe run: ``directions`` ``{layer: [d] float64}`` (unnormalised diff-in-means, so
     ``||directions[l]||`` is the reasoning-minus-memory projection gap at layer l), the layer the
-    probe job selected on its held-out split, and the directions' metadata."""
+    probe job selected on its held-out split (``None`` when its metrics.json is missing), and
+    the directions' metadata."""
 
     folder: Path
     directions: dict[int, torch.Tensor]
-    best_layer: int
+    best_layer: int | None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def gap(self, layer: int) -> float:
@@ -45,9 +46,9 @@ def load_probe_run(folder: str | Path) -> ProbeRun:
     best = None
     if (root / "metrics.json").is_file():
         best = read_json(root / "metrics.json").get("best_layer")
-    if best is None:
-        raise LirefError(f"{root}/metrics.json has no best_layer; name the steering layers")
-    return ProbeRun(root, directions, int(best), meta)
+    elif (root.parent / "metrics.json").is_file():  # a pipeline run: <run>/metrics.json
+        best = read_json(root.parent / "metrics.json").get(f"{root.name}/best_layer")
+    return ProbeRun(root, directions, None if best is None else int(best), meta)
 
 
 @dataclass
