@@ -40,6 +40,7 @@ def write_match_run(folder: Path, layer: int = 1) -> Path:
     rows = [{"latent": i, "rank": i + 1, "decoder_cosine": 1 - i / 64,
              "density": 10 ** (-3 + 2 * ((i * 7) % 64) / 63), "max_activation": 2.0 + i % 5}
             for i in range(64)]
+    rows[0].update(density=0.0, max_activation=0.0)  # a dead latent ranked first is skipped
     write_json(folder / "latents.json", rows)
     write_json(folder / "match.json", {"sae_dir": "sae", "layer": layer, "model": "tiny",
                                        "d_model": D, "d_sae": 64, "probe_dir": None})
@@ -148,13 +149,13 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
             ("add_latent", "random_latent"), ("clamp_latent", "latent"),
             ("clamp_latent", "random_latent")} <= conds
     latents = [r for r in tf if r["intervention"] == "add_latent"]
-    assert {r["rank"] for r in latents} == {1, 2}
+    assert {r["rank"] for r in latents} == {2, 3}  # rank 1 is dead: the top-2 live latents
     top = {r["latent"] for r in latents if r["condition"] == "latent"}
-    assert top == {0, 1} and not top & {r["latent"] for r in latents
+    assert top == {1, 2} and not top & {r["latent"] for r in latents
                                         if r["condition"] == "random_latent"}
-    assert "toy/teacher_forced/add_latent/rank1_latent/selectivity" in metrics
+    assert "toy/teacher_forced/add_latent/rank2_latent/selectivity" in metrics
     assert "toy/generate/add/direction/diff" in metrics
-    assert (tmp_path / "steer_teacher_forced_add_latent_L1_rank1.png").is_file()
+    assert (tmp_path / "steer_teacher_forced_add_latent_L1_rank2.png").is_file()
     items = json.loads((tmp_path / "items.json").read_text())
     flips = items["toy/teacher_forced"]
     assert len(flips["item_ids"]) == 12

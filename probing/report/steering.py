@@ -61,7 +61,7 @@ def _band(ax: Any, xs: list[float], ys: list[float], lo: list[float], hi: list[f
 
 
 def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[str, Any]],
-           set_name: str, value: str) -> None:
+           set_name: str, value: str, signed: bool) -> None:
     """One set's curves of ``value`` in ``ax``."""
     lo_key = "ci_low" if value == "accuracy" else f"{value}_ci_low"
     hi_key = "ci_high" if value == "accuracy" else f"{value}_ci_high"
@@ -74,7 +74,9 @@ def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[
         curves.setdefault((r["condition"], r.get("seed")), []).append(r)
     ordered = sorted(curves.items(), key=lambda kv: (kv[0][0].startswith("random"), str(kv[0])))
     for i, ((cond, _seed), pts) in enumerate(ordered):
-        style = _STYLE.get(cond, {"color": "black", "label": cond})
+        style = dict(_STYLE.get(cond, {"color": "black", "label": cond}))
+        if cond == "direction" and not signed:  # ablation / projection scaling: no sign
+            style["label"] = "LiReF"
         label = None if cond in labelled else style["label"]
         labelled.add(cond)
         if no_strength:
@@ -89,9 +91,10 @@ def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[
         ax.axhline(base[value], color="black", lw=1, ls=":", label="unsteered")
         ax.axhspan(base[lo_key], base[hi_key], color="black", alpha=0.07, lw=0)
     ax.set_title(f"{set_name}: {value}", fontsize=9)
-    ax.set_xlabel("condition" if no_strength else "strength")
+    ax.set_xlabel("" if no_strength else "strength")
     if no_strength:
-        ax.set_xticks([])
+        ax.set_xticks(range(len(ordered)), [c if s is None else f"{c} {s}"
+                                            for (c, s), _ in ordered], rotation=30, fontsize=7)
 
 
 def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
@@ -119,7 +122,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
     for i, (value, ss) in enumerate(grid):
         for j in range(n_cols):
             if j < len(ss):
-                _panel(axes[i][j], sel, steered, ss[j], value)
+                _panel(axes[i][j], sel, steered, ss[j], value,
+                       signed=intervention in ("add", "add_latent"))
             else:
                 axes[i][j].axis("off")
     axes[0][len(grid[0][1]) - 1].legend(fontsize=7, loc="best")

@@ -65,9 +65,15 @@ class MatchRun:
     def layer(self) -> int:
         return int(self.meta["layer"])
 
-    def top(self, k: int) -> list[dict[str, Any]]:
-        """The ``k`` best-ranked latents."""
-        return sorted(self.rows, key=lambda r: int(r["rank"]))[:k]
+    def top(self, k: int, live_only: bool = True) -> list[dict[str, Any]]:
+        """The ``k`` best-ranked latents (with ``live_only``: among those that fire, i.e.
+        ``density > 0`` and ``max_activation > 0``; a dead latent cannot be steered in units
+        of its activation)."""
+        rows = sorted(self.rows, key=lambda r: int(r["rank"]))
+        if live_only:
+            rows = [r for r in rows if float(r.get("density") or 0) > 0
+                    and float(r.get("max_activation") or 0) > 0]
+        return rows[:k]
 
     def load_sae(self, device: str = "cpu") -> Any:
         """The matched SAE (a local folder, or a sae-lens release + id)."""
