@@ -254,3 +254,20 @@ def test_headline_metrics_and_selectivity():
     assert m[f"{key}/negated/p_value"] == 0.01
     assert m["s/teacher_forced/unsteered/accuracy"] == 0.5
     assert m["headline/add/strength"] == 1.0 and m["headline/add/layer"] == 2.0
+
+
+def test_scorers_on_the_real_benchmark_files():
+    """Gold worked solutions score as correct: GSM8K's ends in '#### <n>' (the last number),
+    MMLU-Pro's validation chains of thought end in 'the answer is (X)'."""
+    from probing.questions import load_question_set
+    from tests.test_questions import shared
+
+    gsm = load_question_set("gsm8k", path=str(shared("gsm8k/test.jsonl")), n=50, seed=0)
+    assert all(score_answer(q.meta["solution"], q).correct for q in gsm)
+    mmlu = load_question_set("mmlu_pro", path=str(shared("mmlu_pro/validation.jsonl")),
+                             split="validation")
+    cots = [q for q in mmlu if q.meta.get("cot_content")]
+    assert len(cots) >= 60
+    hits = [score_answer(q.meta["cot_content"], q) for q in cots]
+    assert sum(h.correct for h in hits) / len(hits) > 0.95
+    assert all(h.parsed is not None for h in hits)
