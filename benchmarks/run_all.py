@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.extraction_speed", "benchmarks.sae_throughput"]
+BENCHMARKS = ["benchmarks.extraction_speed", "benchmarks.sae_throughput",
+              "benchmarks.steering_overhead"]
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "Question": "probing.questions",
     "load_sae": "probing.sae.training",
     "seed_everything": "probing.seeding",
+    "steer": "probing.steering.context",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -26,6 +26,7 @@ __all__ = [
     "bootstrap_auroc",
     "bootstrap_ci",
     "bootstrap_mean",
+    "bootstrap_means",
     "cohens_d",
     "mcnemar_exact",
     "paired_bootstrap_diff",
@@ -118,6 +119,18 @@ def bootstrap_mean(values: Sequence[float] | np.ndarray, n_resamples: int = N_RE
         part = v[strata == s]
         total += _counts(rng, part.size, n_resamples) @ part
     return total / v.size
+
+
+def bootstrap_means(values: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                    ) -> np.ndarray:
+    """``[n_resamples, M]`` column means of resamples of the rows of ``values`` ``[N, M]``: one
+    resample of the N items shared by all M columns (paired across columns); column ``j`` equals
+    ``bootstrap_mean(values[:, j], n_resamples, seed)``."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.shape[0] == 0:
+        raise LirefError(f"bootstrap_means needs a non-empty [N, M] array, got shape {v.shape}")
+    rng = np.random.default_rng(seed)
+    return _counts(rng, v.shape[0], n_resamples) @ v / v.shape[0]
 
 
 def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[np.ndarray],

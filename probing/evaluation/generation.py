@@ -7,7 +7,7 @@ attention mask), decoded greedily, cut at the first ``stop_at`` and returned in 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,8 @@ def greedy_generate(
     max_new_tokens: int,
     batch_size: int = 32,
     stop_at: str | None = "\n",
+    on_batch: Callable[[list[int]], None] | None = None,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Greedy completions of ``prompts`` (the new text only, cut before ``stop_at``).
 
@@ -59,6 +61,10 @@ def greedy_generate(
         batch_size: prompts per ``generate`` call.
         stop_at: stop a row once its completion contains this string and cut the completion
             there; ``None`` generates up to ``max_new_tokens`` (or EOS).
+        on_batch: called with the indices (into ``prompts``) of each batch's rows, in row
+            order, before that batch is generated (e.g. to give each row its steering setting).
+        add_special_tokens: let the tokenizer add BOS etc.; False for chat-templated prompts
+            (they hold their own).
 
     Returns:
         N completion strings, in the order of ``prompts``.
@@ -79,7 +85,8 @@ def greedy_generate(
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
     device = _device(model)
-    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    lengths = [len(tokenizer(p, add_special_tokens=add_special_tokens).input_ids)
+               for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     was_training = model.training
     model.eval()
@@ -88,7 +95,10 @@ def greedy_generate(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+            if on_batch is not None:
+                on_batch(list(idx))
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens)
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             prompt_len = enc["input_ids"].shape[1]
             criteria = None

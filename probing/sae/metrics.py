@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from probing.errors import LirefError
-from probing.hooks import check_layers
-from probing.models import decoder_layers, model_device
+from probing.hooks import modify_residual
+from probing.models import model_device
 
 __all__ = [
     "METRIC_KEYS",
@@ -123,28 +123,18 @@ def splice_block_output(
 ) -> Iterator[None]:
     """While active, block ``layer``'s output ``h [B, T, d]`` becomes ``replace(h)`` at
     ``positions`` (``[B, T]`` bool; ``None`` = everywhere). ``replace`` maps ``[n, d] -> [n, d]``.
+    (A thin use of ``probing.hooks.modify_residual``.)
     """
-    (layer,) = check_layers(model, [layer])
-    block = decoder_layers(model)[layer]
 
-    def hook(_m: nn.Module, _inp: object, output: object) -> object:
-        h = output[0] if isinstance(output, (tuple, list)) else output
-        assert isinstance(h, torch.Tensor)
+    def edit(h: torch.Tensor) -> torch.Tensor:
         mask = positions.to(h.device) if positions is not None else torch.ones(
             h.shape[:2], dtype=torch.bool, device=h.device)
         new = h.clone()
         new[mask] = replace(h[mask]).to(h.device, h.dtype)
-        if isinstance(output, tuple):
-            return (new, *output[1:])
-        if isinstance(output, list):
-            return [new, *output[1:]]
         return new
 
-    handle = block.register_forward_hook(hook)
-    try:
+    with modify_residual(model, {layer: edit}):
         yield
-    finally:
-        handle.remove()
 
 
 @dataclass

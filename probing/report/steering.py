@@ -1,0 +1,135 @@
+"""Steering sweep figures (matplotlib, Agg) and tables: a value (accuracy, a rate, a margin)
+against strength with its 95% interval band, one panel per item set, the LiReF beside its
+controls (negated, orthogonalised, random directions / random latents) and the unsteered run."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from probing.io import atomic_write_text  # noqa: E402
+
+__all__ = ["plot_sweep", "sweep_panels", "write_csv"]
+
+_STYLE = {
+    "direction": {"color": "tab:red", "lw": 2.0, "label": "+LiReF"},
+    "negated": {"color": "tab:blue", "lw": 2.0, "label": "-LiReF"},
+    "orthogonal": {"color": "tab:purple", "lw": 1.5, "ls": "--", "label": "LiReF orth. to latents"},
+    "latent": {"color": "tab:red", "lw": 2.0, "label": "matched latent"},
+    "random": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random (same norm)"},
+    "random_latent": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random latent"},
+}
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """All rows, columns = the union of their keys in first-seen order."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def sweep_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int, int | None]]:
+    """The distinct ``(metric, intervention, layer, rank)`` of the steered rows."""
+    seen: dict[tuple, None] = {}
+    for r in rows:
+        if r["intervention"] != "none":
+            seen[(r["metric"], r["intervention"], r["layer"], r.get("rank"))] = None
+    return list(seen)
+
+
+def _band(ax: Any, xs: list[float], ys: list[float], lo: list[float], hi: list[float],
+          style: Mapping[str, Any], label: str | None) -> None:
+    line = ax.plot(xs, ys, marker="o", ms=3, label=label,
+                   **{k: v for k, v in style.items() if k != "label"})[0]
+    if style.get("lw", 1) >= 1.5:
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+
+
+def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[str, Any]],
+           set_name: str, value: str, signed: bool) -> None:
+    """One set's curves of ``value`` in ``ax``."""
+    lo_key = "ci_low" if value == "accuracy" else f"{value}_ci_low"
+    hi_key = "ci_high" if value == "accuracy" else f"{value}_ci_high"
+    base = next((r for r in sel if r["set"] == set_name and r["intervention"] == "none"), None)
+    mine = [r for r in steered if r["set"] == set_name]
+    no_strength = all(r["strength"] is None for r in mine)
+    labelled: set[str] = set()
+    curves: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
+    for r in mine:
+        curves.setdefault((r["condition"], r.get("seed")), []).append(r)
+    ordered = sorted(curves.items(), key=lambda kv: (kv[0][0].startswith("random"), str(kv[0])))
+    for i, ((cond, _seed), pts) in enumerate(ordered):
+        style = dict(_STYLE.get(cond, {"color": "black", "label": cond}))
+        if cond == "direction" and not signed:  # ablation / projection scaling: no sign
+            style["label"] = "LiReF"
+        label = None if cond in labelled else style["label"]
+        labelled.add(cond)
+        if no_strength:
+            r = pts[0]
+            ax.errorbar([i], [r[value]], yerr=[[r[value] - r[lo_key]], [r[hi_key] - r[value]]],
+                        fmt="o", color=style["color"], label=label, capsize=3)
+            continue
+        pts = sorted(pts, key=lambda r: float(r["strength"]))
+        _band(ax, [float(r["strength"]) for r in pts], [r[value] for r in pts],
+              [r[lo_key] for r in pts], [r[hi_key] for r in pts], style, label)
+    if base is not None:
+        ax.axhline(base[value], color="black", lw=1, ls=":", label="unsteered")
+        ax.axhspan(base[lo_key], base[hi_key], color="black", alpha=0.07, lw=0)
+    ax.set_title(f"{set_name}: {value}", fontsize=9)
+    ax.set_xlabel("" if no_strength else "strength")
+    if no_strength:
+        ax.set_xticks(range(len(ordered)), [c if s is None else f"{c} {s}"
+                                            for (c, s), _ in ordered], rotation=30, fontsize=7)
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
+               intervention: str, layer: int, rank: int | None = None,
+               values: Sequence[str] = ("accuracy",), title: str = "") -> Path | None:
+    """A grid: one row per value (accuracy, a rate, a margin), one column per set; each panel
+    shows the value against strength for every condition (95% intervals as bands; random
+    controls as thin grey lines) and the unsteered run as a dotted line with its band. For an
+    intervention without strengths (ablation), one point per condition. Panels without the
+    value are left out; returns ``None`` when nothing is left."""
+    sel = [r for r in rows if r["metric"] == metric]
+    steered = [r for r in sel if r["intervention"] == intervention and r["layer"] == layer
+               and r.get("rank") == rank]
+    if not steered:
+        return None
+    sets = list(dict.fromkeys(r["set"] for r in sel))
+    grid = [(v, [s for s in sets if any(r["set"] == s and r.get(v) is not None
+                                        for r in steered)]) for v in values]
+    grid = [(v, ss) for v, ss in grid if ss]
+    if not grid:
+        return None
+    n_cols = max(len(ss) for _, ss in grid)
+    fig, axes = plt.subplots(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
+                             squeeze=False)
+    for i, (value, ss) in enumerate(grid):
+        for j in range(n_cols):
+            if j < len(ss):
+                _panel(axes[i][j], sel, steered, ss[j], value,
+                       signed=intervention in ("add", "add_latent"))
+            else:
+                axes[i][j].axis("off")
+    axes[0][len(grid[0][1]) - 1].legend(fontsize=7, loc="best")
+    where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
+    fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,209 @@
+"""``python -m analysis.steer`` end to end on a tiny model: a probe run folder, a matching run
+folder with a tiny SAE, a question file; a Hydra multirun, outputs, wandb logs, user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from probing.io import write_json
+from probing.probes.directions import save_directions
+from probing.tracking import read_offline_run
+from tests.job_fixtures import run_module
+from tests.tiny_models import D
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_probe_run(folder: Path, width: int = D, best: int = 1) -> Path:
+    g = torch.Generator().manual_seed(0)
+    save_directions(folder / "directions", torch.randn(3, width, generator=g, dtype=torch.float64),
+                    [0, 1, 2], {"model": "tiny", "d_model": width})
+    write_json(folder / "metrics.json", {"best_layer": best})
+    return folder
+
+
+def write_match_run(folder: Path, layer: int = 1) -> Path:
+    """A matching run as the matching job writes it: latents.json (ranked) + match.json."""
+    from probing.sae.training import SAETrainConfig, make_training_sae, save_sae
+
+    torch.manual_seed(0)
+    cfg = SAETrainConfig(architecture="topk", d_sae=64, k=8, normalize_activations="none",
+                         decoder_init_norm=0.5, training_tokens=64, batch_size=64)
+    save_sae(make_training_sae(cfg, D), folder / "sae")
+    rows = [{"latent": i, "rank": i + 1, "decoder_cosine": 1 - i / 64,
+             "density": 10 ** (-3 + 2 * ((i * 7) % 64) / 63), "max_activation": 2.0 + i % 5}
+            for i in range(64)]
+    rows[0].update(density=0.0, max_activation=0.0)  # a dead latent ranked first is skipped
+    write_json(folder / "latents.json", rows)
+    write_json(folder / "match.json", {"sae_dir": "sae", "layer": layer, "model": "tiny",
+                                       "d_model": D, "d_sae": 64, "probe_dir": None})
+    return folder
+
+
+def write_toy_questions(path: Path) -> Path:
+    words = ["one", "two", "three", "four", "five", "six"]
+    rows = [{"id": f"q{i}", "question": f"what is {words[i % 6]} plus {words[(i * 5) % 6]} ?",
+             "answers": [str(i % 10)], "stale": str((i + 3) % 10), "label": "reasoning"}
+            for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("steer-job")
+    return {"root": root, "model": tiny_model_dir("llama"),
+            "probe": write_probe_run(root / "probe"), "match": write_match_run(root / "match"),
+            "questions": write_toy_questions(root / "toy.jsonl")}
+
+
+def _common(w) -> list[str]:
+    sets = (f"steer.sets=[{{set:toy,name:jsonl,path:'{w['questions']}',"
+            "contrast:[gold,stale],rates:{stale:stale}}]")
+    return ["model=local", f"model.name={w['model']}", f"probe_dir={w['probe']}", sets,
+            "steer.n_per_set=null", "n_resamples=200"]
+
+
+def _check_rows(rows: list[dict], n_items: int) -> None:
+    base = [r for r in rows if r["intervention"] == "none"]
+    assert len(base) == 1 and base[0]["diff"] == 0 and base[0]["n"] == n_items
+    assert len({r["seed"] for r in rows if r["condition"] == "random"}) >= 3
+    for r in rows:
+        assert r["layer"] in (None, 1) and 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
+        assert {"diff_ci_low", "diff_ci_high", "p_value", "flips_up", "flips_down",
+                "parse_failures", "mean_length", "rate_stale", "rate_stale_diff"} <= set(r)
+        assert ("q_value" in r) == (r["intervention"] != "none")
+
+
+def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
+    """Two jobs of a Hydra multirun (units=gap,abs), direction interventions only."""
+    args = [*_common(work), "interventions=[add,ablate,released]", "strengths.add=[1.0,2.0]",
+            "strengths.released=[1.0]", "headline.released=1.0", "logger=offline",
+            "units=gap,abs", f"hydra.sweep.dir={work['root'] / 'multi'}", "-m"]
+    proc = run_module("analysis.steer", *args, cwd=work["root"], timeout=600,
+                      env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in (work["root"] / "multi").iterdir() if p.is_dir()
+                  and p.name.isdigit())
+    assert len(runs) == 2
+    rows = json.loads((runs[0] / "results.json").read_text())
+    with open(runs[0] / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)
+    _check_rows(rows, 12)
+    # 1 unsteered + add: 2 x (direction, negated, 3 random) + ablate 4 + released 1 x 4
+    assert len(rows) == 1 + 10 + 4 + 4
+    assert {r["metric"] for r in rows} == {"teacher_forced"}
+    assert all("margin" in r for r in rows)
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    for key in ("toy/teacher_forced/add/direction/diff", "toy/teacher_forced/add/negated/p_value",
+                "toy/teacher_forced/add/random/margin_diff",
+                "toy/teacher_forced/add/direction/selectivity",
+                "toy/teacher_forced/ablate/direction/diff", "headline/add/strength"):
+        assert key in metrics, key
+    pngs = sorted(runs[0].glob("steer_*.png"))
+    assert [p.name for p in pngs] == ["steer_teacher_forced_ablate_L1.png",
+                                      "steer_teacher_forced_add_L1.png",
+                                      "steer_teacher_forced_released_L1.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+    settings = json.loads((runs[0] / "settings.json").read_text())
+    assert len(settings["settings"]) == len(rows) and settings["layers"] == [1]
+    abs_rows = json.loads((runs[1] / "results.json").read_text())
+    assert [r["margin"] for r in abs_rows if r["intervention"] == "add"] != \
+        [r["margin"] for r in rows if r["intervention"] == "add"]
+    offline = read_offline_run(next((runs[0] / "wandb").glob("offline-run-*")))
+    assert offline["summary"]["n_settings"] == metrics["n_settings"] == len(rows)
+    assert any("steer/strength" in h for h in offline["history"])
+
+
+def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
+    """In-process: latent interventions, the orthogonal control, generation on a subset."""
+    from hydra import compose, initialize_config_dir
+
+    from analysis.steer import steer_job
+    from probing.tracking import Tracker
+    from train.jobkit import CONFIG_PATH, JobContext
+
+    overrides = [*_common(work), f"match_dir={work['match']}", f"cache_dir={tmp_path / 'c'}",
+                 "interventions=[add,scale,add_latent,clamp_latent]", "strengths.add=[1.0]",
+                 "strengths.scale=[2.0]", "strengths.add_latent=[4.0]",
+                 "strengths.clamp_latent=[0.0,4.0]", "headline.scale=2.0",
+                 "steer.generate.n=4", "steer.generate.max_new_tokens=3"]
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("steer", overrides=overrides)
+    metrics = steer_job(JobContext(cfg=cfg, run_dir=tmp_path, tracker=Tracker(mode="disabled")))
+    rows = json.loads((tmp_path / "results.json").read_text())
+    tf = [r for r in rows if r["metric"] == "teacher_forced"]
+    gen = [r for r in rows if r["metric"] == "generate"]
+    assert len(tf) == len(gen) == metrics["n_settings"]
+    _check_rows(tf, 12)
+    _check_rows(gen, 4)
+    conds = {(r["intervention"], r["condition"]) for r in tf}
+    assert {("add", "orthogonal"), ("scale", "orthogonal"), ("add_latent", "latent"),
+            ("add_latent", "random_latent"), ("clamp_latent", "latent"),
+            ("clamp_latent", "random_latent")} <= conds
+    latents = [r for r in tf if r["intervention"] == "add_latent"]
+    assert {r["rank"] for r in latents} == {2, 3}  # rank 1 is dead: the top-2 live latents
+    top = {r["latent"] for r in latents if r["condition"] == "latent"}
+    assert top == {1, 2} and not top & {r["latent"] for r in latents
+                                        if r["condition"] == "random_latent"}
+    assert "toy/teacher_forced/add_latent/rank2_latent/selectivity" in metrics
+    assert "toy/generate/add/direction/diff" in metrics
+    assert (tmp_path / "steer_teacher_forced_add_latent_L1_rank2.png").is_file()
+    items = json.loads((tmp_path / "items.json").read_text())
+    flips = items["toy/teacher_forced"]
+    assert len(flips["item_ids"]) == 12
+    assert [len(u) for u in flips["up"]] == [r["flips_up"] for r in tf]
+    assert [len(d) for d in flips["down"]] == [r["flips_down"] for r in tf]
+    assert len(items["toy/generate"]["completions"]) == len(gen)
+
+
+def _in_process(work, overrides, monkeypatch, capsys) -> tuple[int, str]:
+    import importlib
+
+    main = importlib.import_module("analysis.steer").main
+    monkeypatch.chdir(work["root"])
+    monkeypatch.setenv("LIREF_CACHE", str(work["root"] / "cache"))
+    monkeypatch.setattr(sys, "argv", ["analysis.steer", *overrides, "logger=disabled",
+                                      f"hydra.run.dir={work['root'] / 'err'}"])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+    return int(exc.value.code), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda w, c: [x for x in c if not x.startswith("probe_dir")] + ["probe_dir=null"],
+     ["probe_dir"]),
+    (lambda w, c: [*c, f"probe_dir={write_probe_run(w['root'] / 'wide', width=D + 8)}"],
+     ["another model", str(D + 8)]),
+    (lambda w, c: [*c, "positions=generated"], ["generated", "steer.metric=generate"]),
+    (lambda w, c: [*c, "interventions=[add_latent]"], ["match_dir"]),
+    (lambda w, c: [*c, "layers=[5]"], ["5"]),
+    (lambda w, c: [*c, "interventions=[push]"], ["push", "allowed"]),
+])
+def test_user_errors_exit_2_with_one_line(work, monkeypatch, capsys, change, words):
+    code, stderr = _in_process(work, change(work, _common(work)), monkeypatch, capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    assert "Traceback" not in stderr
