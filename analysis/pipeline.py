@@ -17,6 +17,7 @@ recomputed, so a re-run with nothing changed takes seconds.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from probing.errors import LirefError
 from probing.io import read_json, write_metrics
@@ -41,14 +42,18 @@ class StageSpec:
 
     ``run``: ``"module:function"`` taking a ``JobContext`` (whose ``run_dir`` is the stage
     folder) and returning flat metrics. ``config``: the config keys that determine the stage's
-    output (its cache key). ``upstream``: the stages it reads. ``headline``: metrics for the
-    one-line summary.
+    output (its cache key). ``upstream``: the stages it needs; ``optional``: stages it reads
+    when they ran (e.g. steering uses matched latents if there are any). ``headline``: metrics for the
+    one-line summary. ``section``: a pipeline config section whose keys the stage's job reads
+    at the top level (the standalone job's own settings, e.g. ``steering:``).
     """
 
     run: str
     config: tuple[str, ...]
     upstream: tuple[str, ...] = ()
     headline: tuple[str, ...] = ()
+    section: str | None = None
+    optional: tuple[str, ...] = ()
 
 
 STAGES: dict[str, StageSpec] = {
@@ -60,8 +65,12 @@ STAGES: dict[str, StageSpec] = {
                      ("probe",), ("layer", "l0", "explained_variance", "ce_loss_recovered")),
     "match": StageSpec("analysis.match:match_job", ("match", "data", "seed"), ("probe", "sae"),
                        ("top1_cosine", "top1_p", "k_for_0.9_cosine")),
-    "steer": StageSpec("analysis.steer:steer_job", ("steer", "seed"), ("probe", "sae", "match")),
+    "steer": StageSpec("analysis.steer:steer_job", ("steer", "steering", "prompt", "seed"),
+                       ("probe",), section="steering", optional=("sae", "match")),
 }
+
+#: the input folder keys a stage's job reads, and the stage (sub-folder) each points at
+INPUT_DIRS = {"probe_dir": ("probe", ""), "sae_dir": ("sae", "sae"), "match_dir": ("match", "")}
 
 
 def _resolve(target: str) -> Callable[[JobContext], Mapping[str, Any]]:
@@ -69,18 +78,23 @@ def _resolve(target: str) -> Callable[[JobContext], Mapping[str, Any]]:
     return getattr(importlib.import_module(module), fn)
 
 
-def _wire(cfg: DictConfig, name: str, ctx: JobContext, dirs: Mapping[str, Any],
-          state: Mapping[str, Any]) -> None:
-    """Point a stage's inputs at the earlier stages' folders of this run."""
-    with open_dict(cfg):
-        if name == "sae" and cfg.get("layer") is None and "best_layer" in state:
-            cfg.layer = int(state["best_layer"])
-        for key, stage in (("probe_dir", "probe"), ("sae_dir", "sae"), ("match_dir", "match")):
-            if stage in dirs and name in ("match", "steer"):
-                section = cfg.get(name)
-                if section is not None and key in section:
-                    section[key] = str(dirs[stage] / "sae") if key == "sae_dir" else str(
-                        dirs[stage])
+def _stage_config(cfg: DictConfig, name: str, dirs: Mapping[str, Any],
+                  state: Mapping[str, Any]) -> DictConfig:
+    """The config a stage's job sees: the pipeline's, with its section's keys at the top level
+    and its inputs pointed at the earlier stages' folders of this run."""
+    spec = STAGES[name]
+    stage_cfg = cfg
+    if spec.section is not None and cfg.get(spec.section) is not None:
+        stage_cfg = copy.deepcopy(cfg)
+        OmegaConf.set_struct(stage_cfg, False)
+        stage_cfg.merge_with(cfg[spec.section])
+    with open_dict(stage_cfg):
+        if name == "sae" and stage_cfg.get("layer") is None and "best_layer" in state:
+            stage_cfg.layer = int(state["best_layer"])
+        for key, (stage, sub) in INPUT_DIRS.items():
+            if stage in dirs and stage in (*spec.upstream, *spec.optional) and key in stage_cfg:
+                stage_cfg[key] = str(dirs[stage] / sub) if sub else str(dirs[stage])
+    return stage_cfg
 
 
 def _summary(name: str, metrics: Mapping[str, Any], spec: StageSpec, reused: bool) -> str:
@@ -111,9 +125,10 @@ def pipeline(ctx: JobContext) -> dict[str, Any]:
     for name in order:
         spec = STAGES[name]
         stage_dir = ctx.run_dir / name
-        _wire(cfg, name, ctx, dirs, state)
-        config = {k: plain(cfg.get(k)) for k in spec.config}
-        key = stage_key(name, config, {u: keys[u] for u in spec.upstream}, model_key)
+        stage_cfg = _stage_config(cfg, name, dirs, state)
+        config = {k: plain(stage_cfg.get(k)) for k in spec.config}
+        reads = {u: keys[u] for u in (*spec.upstream, *spec.optional) if u in keys}
+        key = stage_key(name, config, reads, model_key)
         tracker = ctx.tracker.child(f"{name}:{ctx.tracker.name}", name, stage_dir,
                                     config={"stage": name, **config, "stage_key": key})
         reused = reuse and restore_stage(cfg.cache_dir, name, key, stage_dir)
@@ -123,8 +138,8 @@ def pipeline(ctx: JobContext) -> dict[str, Any]:
             stage_dir.mkdir(parents=True, exist_ok=True)
             tracker.start()
             try:
-                result = dict(_resolve(spec.run)(replace(ctx, run_dir=stage_dir,
-                                                         tracker=tracker)))
+                result = dict(_resolve(spec.run)(replace(ctx, cfg=stage_cfg,
+                                                         run_dir=stage_dir, tracker=tracker)))
             except BaseException:
                 tracker.finish(1)
                 raise

@@ -49,7 +49,7 @@ def write_match_run(folder: Path, layer: int = 1) -> Path:
 
 def write_toy_questions(path: Path) -> Path:
     words = ["one", "two", "three", "four", "five", "six"]
-    rows = [{"id": f"q{i}", "question": f"what is {words[i % 6]} plus {words[(i * 5) % 6]} ?",
+    rows = [{"id": f"q{i}", "question": f"what is {words[i % 6]} plus {words[i // 2 % 6]} ?",
              "answers": [str(i % 10)], "stale": str((i + 3) % 10), "label": "reasoning"}
             for i in range(12)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
