@@ -160,11 +160,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     ap.add_argument("--out", default=None, help="result JSON (default results/<name>.json)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    return args
+    if ap.parse_args(argv).quick:  # tiny defaults; flags given explicitly still win
+        ap.set_defaults(**QUICK)
+    return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
