@@ -13,6 +13,9 @@ thing, the last-token residual of every block, ``[N, n_layers, d]``:
 - ``hf_bare_forward``: ``model(input_ids, attention_mask, use_cache=False)`` with logits; the
   baseline of every ratio.
 - ``hf_output_hidden_states``: the same with ``output_hidden_states=True``.
+- ``hf_blocks_only``: ``model.model(...)``, the decoder blocks (and final norm) without the LM
+  head: the floor of any extraction of all layers through the HF blocks; ``liref /
+  hf_blocks_only`` is liref's own overhead (hooks, tokenizing, pooling, disk).
 - ``liref_cached_all_layers``: ``cached_extract`` of all layers into a fresh cache folder each
   repeat (tokenizing, hooks, early exit after the last block, sharded safetensors + manifest
   written, read back and verified).
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -129,6 +133,11 @@ def make_methods(model: Any, tok: Any, prompts: list[str], ids: torch.Tensor, ba
             out.append(torch.stack([h[:, -1] for h in hs[1:]], 1))
         last["hf_output_hidden_states"] = torch.cat(out)
 
+    @torch.no_grad()
+    def hf_blocks_only() -> None:
+        for b, m in batches:
+            model.model(input_ids=b, attention_mask=m, use_cache=False)
+
     def liref_cached_all_layers() -> None:
         folder = cache_root / f"run-{next(counter)}"
         last["liref_cached_all_layers"] = cached_extract(
@@ -142,6 +151,7 @@ def make_methods(model: Any, tok: Any, prompts: list[str], ids: torch.Tensor, ba
     methods: dict[str, Callable[[], None]] = {
         "hf_bare_forward": hf_bare_forward,
         "hf_output_hidden_states": hf_output_hidden_states,
+        "hf_blocks_only": hf_blocks_only,
         "liref_cached_all_layers": liref_cached_all_layers,
         "liref_half_depth": liref_half_depth,
     }
@@ -253,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bare = med["hf_bare_forward"]
     liref = med["liref_cached_all_layers"]
     ratios = {f"{k}/hf_bare_forward": v / bare for k, v in med.items()}
+    ratios["liref_cached_all_layers/hf_blocks_only"] = liref / med["hf_blocks_only"]
     goals = [Goal("liref_all_layers_cached / bare_forward", liref / bare, 0.65, True),
              Goal("liref_half_depth / bare_forward", med["liref_half_depth"] / bare, 0.32, True)]
     for other, label in (("transformerlens_run_with_cache", "transformerlens / liref_all_layers"),
@@ -270,8 +281,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "position": "last", "attn_implementation": str(getattr(cfg, "_attn_implementation", "")),
         "order": "interleaved, one warm-up call of each method first, order rotating per round",
     }
+    # diagnostics: each round's own ratio to that round's bare forward (slow load drifts cancel)
+    paired = {k: statistics.median(t / b for t, b in zip(v, times["hf_bare_forward"],
+                                                          strict=True))
+              for k, v in times.items()}
     result = write_result("extraction_speed", settings, times, ratios, goals, args.out,
-                          checks=checks, methods=notes)
+                          checks=checks, methods=notes,
+                          per_round_ratio_to_bare_median=paired)
     sp = spreads(times)
     rows = [(name, med[name], sp[name]["min"], sp[name]["max"], f"{med[name] / bare:.3f}x bare")
             for name in med]
@@ -280,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{args.batch_size}, {args.repeats} interleaved repeats, "
                 f"{args.threads} thread(s)", rows)
     print_goals(goals)
+    print(f"  liref all layers / HF blocks without the LM head (liref's own overhead): "
+          f"{ratios['liref_cached_all_layers/hf_blocks_only']:.3f}")
     for key, value in checks.items():
         print(f"  max abs diff {key}: {value:.3g}")
     for key, value in notes.items():

@@ -53,8 +53,8 @@ def test_extraction_speed_quick(tmp_path):
     extraction_speed.main(["--quick", "--repeats", "1", "--out", str(out)])
     result = check_result(out, "extraction_speed")
     med = result["median_s"]
-    for method in ("hf_bare_forward", "hf_output_hidden_states", "liref_cached_all_layers",
-                   "liref_half_depth"):
+    for method in ("hf_bare_forward", "hf_output_hidden_states", "hf_blocks_only",
+                   "liref_cached_all_layers", "liref_half_depth"):
         assert method in med
     assert set(result["goals"]) >= {"liref_all_layers_cached / bare_forward",
                                     "liref_half_depth / bare_forward"}
