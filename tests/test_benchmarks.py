@@ -85,7 +85,8 @@ def test_extraction_memory_quick(tmp_path):
     from benchmarks import extraction_memory
 
     out = tmp_path / "extraction_memory.json"
-    extraction_memory.main(["--quick", "--n", "2", "--factor", "3", "--out", str(out)])
+    extraction_memory.main(["--quick", "--n", "2", "--factor", "3", "--parallel", "--out",
+                            str(out)])
     result = check_result(out, "extraction_memory")
     small, large = result["runs"]["small"], result["runs"]["large"]
     assert (small["n"], large["n"]) == (2, 6)
