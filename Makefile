@@ -26,7 +26,8 @@ lint: setup
 	$(BIN)/ruff check probing train analysis tests benchmarks
 
 bench: setup
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	WANDB_MODE=disabled $(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -2,30 +2,34 @@
 vs sae-lens's own ``LanguageModelSAETrainingRunner`` (LLM forward passes feeding its activation
 store), same model, layer, corpus, SAE architecture and settings, in one process.
 
-    python -m benchmarks.sae_throughput [--model organism] [--tokens 400000] [--texts 20000]
+    python -m benchmarks.sae_throughput [--model organism] [--tokens 400000] [--runs 3] [--quick]
 
 ``--model organism`` uses the committed organism when ``probing/organism/checkpoint`` exists;
 otherwise (or with ``--model random``) a randomly initialised Llama of the organism's shape.
 Reported: tokens/s of SAE training for liref from a warm cache (what every SAE of a sweep after
 the first gets), liref from a cold cache (extraction of exactly the trained tokens + training),
 and the sae-lens runner; the ratios liref/sae-lens; and the speed-up of a 4-SAE sweep (one
-extraction + 4 trainings vs 4 runner runs). torch runs single-threaded for both (on a shared
-2-core machine two threads are slower). Writes ``benchmarks/results/sae_throughput.json``.
+extraction + 4 trainings vs 4 runner runs). Each side runs ``--runs`` times (default 3),
+interleaved (the side that goes first alternates); every figure is the median over runs and the
+headline (goal >= 1.5) is median warm-cache tokens/s over median sae-lens tokens/s. torch runs
+single-threaded for both (on a shared 2-core machine two threads are slower). Writes
+``benchmarks/results/sae_throughput.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
+import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import Goal, print_goals, spreads, write_result
 from probing.activations.corpus import load_corpus
 from probing.activations.tokens import (
     TokenStreamConfig,
@@ -36,7 +40,6 @@ from probing.models import load_model, num_layers
 from probing.sae.training import SAETrainConfig, train_sae
 
 log = logging.getLogger("liref.bench.sae")
-RESULTS = Path(__file__).resolve().parent / "results" / "sae_throughput.json"
 ORGANISM = Path(__file__).resolve().parents[1] / "probing" / "organism" / "checkpoint"
 
 
@@ -84,7 +87,8 @@ def run_liref(model: Any, tok: Any, texts: list[str], layer: int, cfg: SAETrainC
 
 
 def run_sae_lens(model_path: str, texts: list[str], layer: int, cfg: SAETrainConfig, d_in: int,
-                 context: int) -> dict[str, float]:
+                 context: int, store_batch_prompts: int = 64, n_batches_in_buffer: int = 16,
+                 ) -> dict[str, float]:
     import datasets
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
     from sae_lens.config import LoggingConfig
@@ -103,8 +107,8 @@ def run_sae_lens(model_path: str, texts: list[str], layer: int, cfg: SAETrainCon
         context_size=context,
         training_tokens=cfg.training_tokens,
         train_batch_size_tokens=cfg.batch_size,
-        store_batch_size_prompts=64,
-        n_batches_in_buffer=16,
+        store_batch_size_prompts=store_batch_prompts,
+        n_batches_in_buffer=n_batches_in_buffer,
         exclude_special_tokens=True,
         lr=cfg.lr,
         device="cpu",
@@ -127,7 +131,17 @@ def run_sae_lens(model_path: str, texts: list[str], layer: int, cfg: SAETrainCon
     return {"setup_seconds": t_setup, "train_seconds": t_run}
 
 
-def main() -> None:
+def _import_sae_lens() -> None:
+    import datasets  # noqa: F401
+    from sae_lens import LanguageModelSAETrainingRunner  # noqa: F401
+    from sae_lens.training.sae_trainer import SAETrainer  # noqa: F401
+
+
+QUICK = dict(tokens=4096, texts=300, batch_size=256, expansion=2, k=8, context=32,
+             norm_batches=2, store_batch_prompts=8, buffer_batches=8, runs=2)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="organism", help="organism | random | a local folder")
     ap.add_argument("--tokens", type=int, default=400_000, help="SAE training tokens")
@@ -136,12 +150,28 @@ def main() -> None:
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--norm-batches", type=int, default=16,
+                    help="batches for the activation-norm estimate (both sides)")
+    ap.add_argument("--store-batch-prompts", type=int, default=64,
+                    help="sae-lens store_batch_size_prompts (liref extracts 64 texts a batch)")
+    ap.add_argument("--buffer-batches", type=int, default=16,
+                    help="sae-lens n_batches_in_buffer")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each side (median reported)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    ap.add_argument("--out", default=None, help="result JSON (default results/<name>.json)")
+    if ap.parse_args(argv).quick:  # tiny defaults; flags given explicitly still win
+        ap.set_defaults(**QUICK)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-
+    times: dict[str, list[float]] = {"liref_cache_build": [], "liref_train": [],
+                                     "liref_cold": [], "sae_lens_setup": [],
+                                     "sae_lens_run": []}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         path, label = _model_path(args.model, tmp)
@@ -151,55 +181,72 @@ def main() -> None:
         texts = load_corpus("organism", max_texts=args.texts).texts
         cfg = SAETrainConfig(architecture="topk", expansion_factor=args.expansion, k=args.k,
                              training_tokens=args.tokens, batch_size=args.batch_size,
-                             n_batches_for_norm_estimate=16)
-        ours = run_liref(model, tok, texts, layer, cfg, tmp / "cache", args.context)
-        theirs = run_sae_lens(path, texts, layer, cfg, d_in, args.context)
+                             n_batches_for_norm_estimate=args.norm_batches)
+        cached_tokens = 0
+        _import_sae_lens()  # one-time import costs stay out of whichever side runs first
+        for run in range(args.runs):
+            def ours(run: int = run) -> None:
+                nonlocal cached_tokens
+                r = run_liref(model, tok, texts, layer, cfg, tmp / f"cache-{run}", args.context)
+                cached_tokens = int(r["cache_tokens"])
+                times["liref_cache_build"].append(r["cache_seconds"])
+                times["liref_train"].append(r["train_seconds"])
+                times["liref_cold"].append(r["cache_seconds"] + r["train_seconds"])
+
+            def theirs() -> None:
+                r = run_sae_lens(path, texts, layer, cfg, d_in, args.context,
+                                 args.store_batch_prompts, args.buffer_batches)
+                times["sae_lens_setup"].append(r["setup_seconds"])
+                times["sae_lens_run"].append(r["train_seconds"])
+
+            for side in ((ours, theirs) if run % 2 == 0 else (theirs, ours)):
+                side()
+            log.info("run %d: liref train %.1fs, sae-lens %.1fs", run,
+                     times["liref_train"][-1], times["sae_lens_run"][-1])
 
     n = cfg.total_steps * cfg.batch_size
-    warm = n / ours["train_seconds"]
-    cold = n / (ours["train_seconds"] + ours["cache_seconds"])
-    base = n / theirs["train_seconds"]
-    result = {
-        "model": label,
-        "layer": layer,
-        "d_in": d_in,
-        "d_sae": cfg.width(d_in),
-        "architecture": "topk",
-        "k": args.k,
-        "training_tokens": n,
-        "batch_size": args.batch_size,
-        "corpus_texts": args.texts,
-        "cached_tokens": ours["cache_tokens"],
+    med = {k: statistics.median(v) for k, v in times.items()}
+    warm = n / med["liref_train"]
+    cold = n / med["liref_cold"]
+    base = n / med["sae_lens_run"]
+    per_run_warm = [b / a for a, b in zip(times["liref_train"], times["sae_lens_run"],
+                                          strict=True)]
+    sweep = 4 * med["sae_lens_run"] / (med["liref_cache_build"] + 4 * med["liref_train"])
+    ratios = {"warm_vs_sae_lens": warm / base, "cold_vs_sae_lens": cold / base,
+              "sweep_of_4_speedup": sweep}
+    goals = [Goal("liref warm-cache tokens/s / sae-lens runner (medians)", warm / base, 1.5,
+                  False)]
+    settings = {
+        "model": label, "layer": layer, "d_in": d_in, "d_sae": cfg.width(d_in),
+        "architecture": "topk", "k": args.k, "training_tokens": n,
+        "batch_size": args.batch_size, "corpus_texts": args.texts, "context": args.context,
+        "cached_tokens": cached_tokens, "n_batches_for_norm_estimate": args.norm_batches,
+        "sae_lens_store_batch_size_prompts": args.store_batch_prompts,
+        "sae_lens_n_batches_in_buffer": args.buffer_batches, "runs": args.runs,
         "torch_threads": args.threads,
-        "liref_warm_cache_tokens_per_s": warm,
-        "liref_cold_cache_tokens_per_s": cold,
-        "sae_lens_runner_tokens_per_s": base,
-        "ratio_warm_vs_sae_lens": warm / base,
-        "ratio_cold_vs_sae_lens": cold / base,
-        "sweep_of_4_speedup": 4 * theirs["train_seconds"]
-        / (ours["cache_seconds"] + 4 * ours["train_seconds"]),
-        "seconds": {"liref_cache_build": ours["cache_seconds"],
-                    "liref_train": ours["train_seconds"],
-                    "sae_lens_setup": theirs["setup_seconds"],
-                    "sae_lens_run": theirs["train_seconds"]},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "device": "cpu"},
-        "note": "one run; CPU shared with other jobs, so timings are noisy",
+        "order": "interleaved: liref first on even runs, sae-lens first on odd runs",
     }
-    rows = [("liref, warm cache (SAETrainer on cached shards)", warm),
-            ("liref, cold cache (extract + train)", cold),
-            ("sae-lens LanguageModelSAETrainingRunner", base)]
+    tokens_per_s = {"liref_warm_cache": warm, "liref_cold_cache": cold,
+                    "sae_lens_runner": base}
+    result = write_result("sae_throughput", settings, times, ratios, goals, args.out,
+                          tokens_per_s_median=tokens_per_s,
+                          per_run_warm_ratio=per_run_warm)
+    sp = spreads(times)
+    rows = [("liref, warm cache (SAETrainer on cached shards)", "liref_train", warm),
+            ("liref, cold cache (extract + train)", "liref_cold", cold),
+            ("sae-lens LanguageModelSAETrainingRunner", "sae_lens_run", base)]
     print(f"\nSAE training throughput: {label}, layer {layer}, d_in {d_in}, "
-          f"d_sae {cfg.width(d_in)}, topk k={args.k}, {n} tokens, batch {args.batch_size}")
-    print(f"{'pipeline':<52}{'tokens/s':>12}{'vs sae-lens':>13}")
-    for name, tps in rows:
-        print(f"{name:<52}{tps:>12,.0f}{tps / base:>12.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+          f"d_sae {cfg.width(d_in)}, topk k={args.k}, {n} tokens, batch {args.batch_size}, "
+          f"median of {args.runs} interleaved runs")
+    print(f"{'pipeline':<52}{'tokens/s':>12}{'vs sae-lens':>13}{'seconds min..max':>20}")
+    for name, key, tps in rows:
+        print(f"{name:<52}{tps:>12,.0f}{tps / base:>12.2f}x"
+              f"{sp[key]['min']:>11.1f}..{sp[key]['max']:.1f}")
     print(f"a sweep of 4 SAEs (one extraction, 4 trainings) vs 4 sae-lens runs: "
-          f"{result['sweep_of_4_speedup']:.2f}x faster")
-    print(f"written {out}")
+          f"{sweep:.2f}x faster")
+    print(f"per-run warm ratios: {', '.join(f'{r:.2f}' for r in per_run_warm)}")
+    print_goals(goals)
+    return result
 
 
 if __name__ == "__main__":

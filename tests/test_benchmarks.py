@@ -1,0 +1,118 @@
+"""Smoke tests of the benchmark scripts at tiny sizes (``--quick``): each main path runs and
+writes a result JSON with the expected keys and finite positive numbers. No timing assertions:
+speed goals are measured by ``make bench`` as ratios within one run, never by tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KEYS = {"benchmark", "machine", "settings", "times_s", "median_s", "spread", "ratios", "goals",
+        "note"}
+
+
+def _finite_positive(values: Any) -> bool:
+    flat = values if isinstance(values, list) else [values]
+    return bool(flat) and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                              for v in flat)
+
+
+def check_result(path: Path, name: str) -> dict[str, Any]:
+    """The common result schema: keys, machine, positive finite times, medians and ratios,
+    and a boolean pass for every goal."""
+    result = json.loads(path.read_text())
+    assert KEYS <= set(result), KEYS - set(result)
+    assert result["benchmark"] == name
+    assert {"platform", "cpu_count", "torch_threads"} <= set(result["machine"])
+    assert result["machine"]["torch_threads"] == 1
+    assert result["times_s"] and all(_finite_positive(v) for v in result["times_s"].values())
+    assert set(result["median_s"]) == set(result["times_s"])
+    for method, med in result["median_s"].items():
+        lo, hi = result["spread"][method]["min"], result["spread"][method]["max"]
+        assert _finite_positive(med) and lo <= med <= hi
+    assert result["ratios"] and all(_finite_positive(v) for v in result["ratios"].values())
+    assert result["goals"]
+    for goal in result["goals"].values():
+        assert _finite_positive(goal["value"]) and isinstance(goal["pass"], bool)
+        assert goal["goal"].split()[0] in ("<=", ">=")
+    return result
+
+
+@pytest.mark.slow
+def test_extraction_speed_quick(tmp_path):
+    from benchmarks import extraction_speed
+
+    out = tmp_path / "extraction_speed.json"
+    extraction_speed.main(["--quick", "--repeats", "1", "--out", str(out)])
+    result = check_result(out, "extraction_speed")
+    med = result["median_s"]
+    for method in ("hf_bare_forward", "hf_output_hidden_states", "hf_blocks_only",
+                   "liref_cached_all_layers", "liref_half_depth"):
+        assert method in med
+    assert set(result["goals"]) >= {"liref_all_layers_cached / bare_forward",
+                                    "liref_half_depth / bare_forward"}
+    for optional in ("transformer_lens", "nnsight"):
+        installed = importlib.util.find_spec(optional) is not None
+        key = "transformerlens_run_with_cache" if optional == "transformer_lens" else "nnsight_trace"
+        assert (key in med) == installed
+    # every route returns the same residual activations (same weights, same tokens)
+    checks = result["checks"]
+    assert checks["liref_vs_hf_hidden_states_layers_0_to_L-2"] < 1e-4
+    assert checks["liref_half_depth_vs_liref_all_layers"] < 1e-4
+    assert all(v < 1e-4 for v in checks.values()), checks
+
+
+def test_extraction_speed_skips_a_baseline(tmp_path):
+    from benchmarks import extraction_speed
+
+    out = tmp_path / "r.json"
+    extraction_speed.main(["--quick", "--repeats", "1", "--n", "4", "--skip", "transformerlens",
+                           "nnsight", "--out", str(out)])
+    result = check_result(out, "extraction_speed")
+    assert "transformerlens_run_with_cache" not in result["times_s"]
+    assert result["methods"]["nnsight"].startswith("skipped")
+
+
+@pytest.mark.slow
+def test_extraction_memory_quick(tmp_path):
+    from benchmarks import extraction_memory
+
+    out = tmp_path / "extraction_memory.json"
+    extraction_memory.main(["--quick", "--n", "2", "--factor", "3", "--parallel", "--out",
+                            str(out)])
+    result = check_result(out, "extraction_memory")
+    small, large = result["runs"]["small"], result["runs"]["large"]
+    assert (small["n"], large["n"]) == (2, 6)
+    assert large["result_shape"][0] == 6 and large["result_bytes"] == 3 * small["result_bytes"]
+    assert small["peak_rss_kib"] >= small["rss_after_load_kib"] > 0
+
+
+@pytest.mark.slow
+def test_sae_throughput_quick(tmp_path):
+    from benchmarks import sae_throughput
+
+    out = tmp_path / "sae_throughput.json"
+    sae_throughput.main(["--quick", "--runs", "1", "--tokens", "1024", "--out", str(out)])
+    result = check_result(out, "sae_throughput")
+    assert set(result["ratios"]) == {"warm_vs_sae_lens", "cold_vs_sae_lens",
+                                     "sweep_of_4_speedup"}
+    assert result["settings"]["training_tokens"] == 1024
+    assert all(_finite_positive(v) for v in result["tokens_per_s_median"].values())
+    assert len(result["per_run_warm_ratio"]) == 1
+
+
+def test_run_all_finds_benchmarks():
+    from benchmarks import run_all
+
+    present, missing = run_all.available(["extraction_speed", "no_such_benchmark"])
+    assert present == ["extraction_speed"] and missing == ["no_such_benchmark"]
+    present, _ = run_all.available()
+    assert {"extraction_speed", "extraction_memory", "sae_throughput"} <= set(present)
+    assert ("steering_overhead" in present) == (run_all.HERE / "steering_overhead.py").is_file()
