@@ -11,19 +11,16 @@ Prints a table and writes ``benchmarks/results/steering_overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import torch
 
+from benchmarks.common import Goal, medians, print_goals, print_table, run_interleaved, write_result
 from probing.evaluation.sweep import EvalSet, evaluate_generation, evaluate_teacher_forced
 from probing.models import load_model, num_layers
 from probing.questions import Question
 from probing.steering import AddDirection, steer
-
-RESULTS = Path(__file__).resolve().parent / "results" / "steering_overhead.json"
 
 
 def _questions(model_name: str, n: int) -> list[Question]:
@@ -38,19 +35,10 @@ def _questions(model_name: str, n: int) -> list[Question]:
             for i in range(n)]
 
 
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 @torch.no_grad()
-def generation_overhead(model, tok, prompts: list[str], layer: int, direction: torch.Tensor,
-                        new_tokens: int, batch_size: int, repeats: int) -> dict[str, float]:
-    """Plain ``generate`` vs the same call inside ``steer`` (all positions, and generated only)."""
+def generation_methods(model, tok, prompts: list[str], layer: int, direction: torch.Tensor,
+                       new_tokens: int, batch_size: int) -> dict[str, Callable[[], None]]:
+    """Plain ``generate`` and the same calls inside ``steer`` (all positions; generated only)."""
     tok.padding_side = "left"
     batches = [tok(prompts[s : s + batch_size], return_tensors="pt", padding=True)
                for s in range(0, len(prompts), batch_size)]
@@ -67,49 +55,40 @@ def generation_overhead(model, tok, prompts: list[str], layer: int, direction: t
                 run()
         return fn
 
-    run()  # warm-up
-    out = {}
-    plain, all_pos, generated = [], [], []
-    for _ in range(repeats):  # interleaved, so drift on a shared machine hits all three alike
-        plain.append(_best(run, 1))
-        all_pos.append(_best(steered("all"), 1))
-        generated.append(_best(steered("generated"), 1))
-    out["generate_plain_s"] = min(plain)
-    out["generate_steered_all_s"] = min(all_pos)
-    out["generate_steered_generated_s"] = min(generated)
-    out["generate_ratio_all"] = out["generate_steered_all_s"] / out["generate_plain_s"]
-    out["generate_ratio_generated"] = out["generate_steered_generated_s"] / out["generate_plain_s"]
-    return out
+    return {"generate_plain": run, "generate_steered_all": steered("all"),
+            "generate_steered_generated": steered("generated")}
 
 
-def sweep_batching(model, tok, questions: list[Question], layer: int, direction: torch.Tensor,
-                   new_tokens: int, batch_size: int, repeats: int) -> dict[str, float]:
-    """9 settings in one batched evaluation vs 9 evaluations of one setting each."""
+def sweep_methods(model, tok, questions: list[Question], layer: int, direction: torch.Tensor,
+                  new_tokens: int, batch_size: int) -> tuple[dict[str, Callable[[], Any]],
+                                                             dict[str, bool]]:
+    """9 settings (unsteered + 4 strengths x +-LiReF) in one batched evaluation vs 9 evaluations
+    of one setting each, teacher-forced and with generation; and whether both give the same
+    per-item outcomes."""
     from probing.questions.prompts import format_prompts
 
     evalset = EvalSet("bench", questions, format_prompts(questions))
     settings = [[]] + [[AddDirection(layer, sign * direction, a, units="gap")]
                        for a in (0.5, 1.0, 2.0, 4.0) for sign in (1, -1)]
-    out: dict[str, float] = {"n_settings": len(settings)}
-    for name, fn in (
-        ("teacher_forced", lambda s: evaluate_teacher_forced(model, tok, evalset, s, batch_size,
-                                                             progress=False)),
-        ("generate", lambda s: evaluate_generation(model, tok, evalset, s, new_tokens,
-                                                   batch_size, stop_at=None)),
-    ):
+    fns = {
+        "teacher_forced": lambda s: evaluate_teacher_forced(model, tok, evalset, s, batch_size,
+                                                            progress=False),
+        "generate": lambda s: evaluate_generation(model, tok, evalset, s, new_tokens,
+                                                  batch_size, stop_at=None),
+    }
+    methods: dict[str, Callable[[], Any]] = {}
+    same: dict[str, bool] = {}
+    for name, fn in fns.items():
         batched = fn(settings)
-        alone = [fn([s]) for s in settings]
-        same = all((batched.correct[k] == a.correct[0]).all() for k, a in enumerate(alone))
-        t_batched = _best(lambda f=fn: f(settings), repeats)
-        t_alone = _best(lambda f=fn: [f([s]) for s in settings], repeats)
-        out[f"{name}_batched_s"] = t_batched
-        out[f"{name}_one_by_one_s"] = t_alone
-        out[f"{name}_speedup"] = t_alone / t_batched
-        out[f"{name}_same_outcomes"] = float(same)
-    return out
+        alone = [fn([st]) for st in settings]
+        same[name] = all(bool((batched.correct[k] == a.correct[0]).all())
+                         for k, a in enumerate(alone))
+        methods[f"sweep_{name}_batched"] = lambda f=fn: f(settings)
+        methods[f"sweep_{name}_one_by_one"] = lambda f=fn: [f([st]) for st in settings]
+    return methods, same
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="organism")
     ap.add_argument("--n", type=int, default=256)
@@ -118,8 +97,11 @@ def main() -> None:
     ap.add_argument("--sweep-n", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.sweep_n, args.new_tokens, args.repeats = 16, 16, 4, 1
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     model.eval()
@@ -130,18 +112,34 @@ def main() -> None:
     from probing.questions.prompts import format_prompts
 
     prompts = format_prompts(questions[: args.n])
-    result: dict[str, object] = {"model": args.model, "n_prompts": args.n, "layer": layer,
-                                 "new_tokens": args.new_tokens, "batch_size": args.batch_size,
-                                 "torch_threads": args.threads, "sweep_items": args.sweep_n}
-    result.update(generation_overhead(model, tok, prompts, layer, direction, args.new_tokens,
-                                      args.batch_size, args.repeats))
-    result.update(sweep_batching(model, tok, questions[: args.sweep_n], layer, direction,
-                                 min(args.new_tokens, 4), args.batch_size * 4, args.repeats))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in result.items():
-        print(f"{key:36s} {value:.4g}" if isinstance(value, float) else f"{key:36s} {value}")
+    methods = generation_methods(model, tok, prompts, layer, direction, args.new_tokens,
+                                 args.batch_size)
+    sweep, same = sweep_methods(model, tok, questions[: args.sweep_n], layer, direction,
+                                min(args.new_tokens, 4), args.batch_size * 4)
+    times = run_interleaved({**methods, **sweep}, args.repeats)
+    med = medians(times)
+    ratios = {
+        "steered_all / plain generate": med["generate_steered_all"] / med["generate_plain"],
+        "steered_generated / plain generate": (med["generate_steered_generated"]
+                                               / med["generate_plain"]),
+        "teacher-forced sweep: one by one / batched": (med["sweep_teacher_forced_one_by_one"]
+                                                       / med["sweep_teacher_forced_batched"]),
+        "generation sweep: one by one / batched": (med["sweep_generate_one_by_one"]
+                                                   / med["sweep_generate_batched"]),
+    }
+    goals = [Goal("steered generate / plain generate (all positions)",
+                  ratios["steered_all / plain generate"], 1.05, at_most=True)]
+    settings = {"model": args.model, "n_prompts": args.n, "layer": layer,
+                "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+                "sweep_items": args.sweep_n, "sweep_settings": 9, "repeats": args.repeats,
+                "quick": args.quick}
+    write_result("steering_overhead", settings, times, ratios, goals, out=args.out,
+                 batched_equals_one_by_one=same)
+    print_table("steering overhead", [(k, med[k], min(v), max(v), "") for k, v in times.items()])
+    for key, value in ratios.items():
+        print(f"{key:45s} {value:.3f}")
+    print(f"batched sweep gives the same per-item outcomes as one by one: {same}")
+    print_goals(goals)
 
 
 if __name__ == "__main__":

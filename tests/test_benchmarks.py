@@ -116,3 +116,15 @@ def test_run_all_finds_benchmarks():
     present, _ = run_all.available()
     assert {"extraction_speed", "extraction_memory", "sae_throughput"} <= set(present)
     assert ("steering_overhead" in present) == (run_all.HERE / "steering_overhead.py").is_file()
+
+
+def test_steering_overhead_quick(tmp_path):
+    from benchmarks import steering_overhead
+
+    out = tmp_path / "steering_overhead.json"
+    steering_overhead.main(["--quick", "--out", str(out)])
+    result = check_result(out, "steering_overhead")
+    assert {"generate_plain", "generate_steered_all", "sweep_teacher_forced_batched",
+            "sweep_generate_one_by_one"} <= set(result["times_s"])
+    assert result["batched_equals_one_by_one"] == {"teacher_forced": True, "generate": True}
+    assert "steered generate / plain generate (all positions)" in result["goals"]
