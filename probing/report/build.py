@@ -200,17 +200,58 @@ def _match_section(st: _Stage, top: int = 10) -> list[Block]:
     return blocks
 
 
+#: order of the steering conditions in the report's tables
+CONDITION_ORDER = ("direction", "negated", "random", "orthogonal")
+
+
+def _steer_effects(metrics: Mapping[str, Any]) -> dict[tuple[str, str, str, str], set[str]]:
+    """``{(set, metric, intervention, condition): {stat names}}`` of ``<set>/<metric>/
+    <intervention>/<condition>/<stat>`` keys (the steering job's metrics.json layout)."""
+    out: dict[tuple[str, str, str, str], set[str]] = {}
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) == 5 and parts[0] != "headline" and parts[2] != "unsteered":
+            out.setdefault(tuple(parts[:4]), set()).add(parts[4])  # type: ignore[arg-type]
+    return out
+
+
 def _steer_section(st: _Stage) -> list[Block]:
+    m = st.metrics
+    heads = {k.split("/")[1]: v for k, v in m.items()
+             if k.startswith("headline/") and k.endswith("/strength")}
     blocks = [Block("h2", "Steering with the direction and with single latents"),
               Block("p", "Each setting is compared with the unsteered run on the same items "
-                         "(paired bootstrap of the difference, exact McNemar test); random "
-                         "directions of the same norm, the negated direction and the direction "
-                         "orthogonalised against the matched latents are the controls.")]
-    blocks.append(_headline(st))
-    effects = st.json("effects.json")
-    if isinstance(effects, list) and effects:
-        header, rows = _table_from_rows(effects, list(effects[0]))
-        blocks.append(Block("table", "paired effects", header, rows))
+                         "(difference with a paired bootstrap 95% interval, exact McNemar p). "
+                         "Controls: random directions of the same norm (mean over seeds), the "
+                         "negated direction, the direction orthogonalised against the matched "
+                         "latents, random latents of similar firing density. Strengths shown: "
+                         + (", ".join(f"{k} {v:g}" for k, v in sorted(heads.items()))
+                            or "n/a") + " (fixed in the config before the run).")]
+    effects = _steer_effects(m)
+    base = sorted({(k.split("/")[0], k.split("/")[1]) for k in m
+                   if k.count("/") == 3 and k.split("/")[2] == "unsteered"})
+    if base:
+        blocks.append(Block("table", "unsteered runs", ["set", "metric", "accuracy"],
+                            [[s_, met, st.cell(f"{s_}/{met}/unsteered/accuracy")]
+                             for s_, met in base]))
+    groups = sorted({(k[0], k[1], k[2]) for k in effects})
+    extra = sorted({stat for stats in effects.values() for stat in stats
+                    if stat.endswith("_diff") and (stat.startswith("rate_") or
+                                                   stat.startswith("margin"))})
+    rows = []
+    for set_, metric, intervention in groups:
+        conds = sorted({k[3] for k in effects if k[:3] == (set_, metric, intervention)},
+                       key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER
+                                      else len(CONDITION_ORDER), c))
+        for cond in conds:
+            pre = f"{set_}/{metric}/{intervention}/{cond}/"
+            rows.append([set_, intervention, cond, st.ci(pre + "diff"), st.cell(pre + "p_value"),
+                         *[st.cell(pre + stat) for stat in extra]])
+    if rows:
+        blocks.append(Block("table", "paired effects at the headline strength (accuracy "
+                                     "difference to the unsteered run)",
+                            ["set", "intervention", "condition", "accuracy diff [95% CI]",
+                             "McNemar p", *extra], rows))
     for img in st.images():
         blocks.append(Block("img", _caption(img.name), path=img))
     return blocks
