@@ -112,15 +112,27 @@ class ActivationCache:
         if not m["complete"]:
             raise LirefError(f"activation cache {self.folder} is incomplete "
                              f"({len(m['shards'])} shards written); re-run extraction to resume")
-        acts = torch.cat([self._read_shard(s) for s in m["shards"]], dim=0)
         cached = list(m["layers"])
+        keep = list(range(len(cached)))
         if layers is not None:
             missing = [layer for layer in layers if layer not in cached]
             if missing:
                 raise LirefError(f"layers {missing} are not cached in {self.folder}; "
                                  f"cached layers: {cached}")
-            acts = acts[:, [cached.index(layer) for layer in layers]]
+            keep = [cached.index(layer) for layer in layers]
             cached = list(layers)
+        # one result tensor filled shard by shard: peak memory = the result + one shard
+        acts = torch.empty((int(m["n"]), len(keep), int(m["d_model"])), dtype=torch.float32)
+        filled = 0
+        for shard in m["shards"]:
+            rows = self._read_shard(shard)
+            acts[shard["start"]:shard["end"]] = rows[:, keep] if len(keep) < rows.shape[1] \
+                else rows
+            filled += rows.shape[0]
+        if filled != acts.shape[0]:
+            raise CorruptCacheError(f"activation cache {self.folder}: its shards hold {filled} "
+                                    f"rows, the manifest says {acts.shape[0]}; delete the "
+                                    "folder to re-extract")
         return CachedActivations(acts=acts, layers=cached, manifest=m, folder=self.folder)
 
     def write_shard(self, manifest: dict[str, Any], start: int, acts: torch.Tensor) -> None:
