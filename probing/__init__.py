@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "extract_activations": "probing.activations.extract",
     "ActivationCache": "probing.activations.cache",
     "cached_extract": "probing.activations.cache",
+    "load_activations": "probing.activations.cache",
+    "latest_run": "probing.results",
     "diff_in_means": "probing.probes.directions",
     "load_direction": "probing.probes.directions",
     "load_directions": "probing.probes.directions",

@@ -13,7 +13,7 @@ from typing import Any
 from probing.errors import LirefError
 from probing.io import read_json
 
-__all__ = ["TABLES", "load_results"]
+__all__ = ["TABLES", "latest_run", "load_results"]
 
 #: table name -> (file name, stage sub-folder of a pipeline run)
 TABLES: dict[str, tuple[str, str]] = {
@@ -60,3 +60,14 @@ def load_results(run_dir: str | Path, table: str | None = None) -> Any:
     if not isinstance(rows, list):
         raise LirefError(f"{next(iter(found.values()))} is not a list of rows")
     return pd.DataFrame(rows)
+
+
+def latest_run(job: str = "pipeline", root: str | Path = "outputs") -> Path:
+    """The newest run folder of ``job`` under ``root`` (Hydra's ``outputs/<job>/<time>``)."""
+    folder = Path(root) / job
+    runs = sorted(p for p in folder.glob("*") if p.is_dir()) if folder.is_dir() else []
+    if not runs:
+        raise LirefError(f"no {job} run under {folder}: run `python -m "
+                         f"{'analysis' if job in ('pipeline', 'match', 'steer', 'report') else 'train'}"
+                         f".{job}` first, or pass the run folder yourself")
+    return runs[-1]

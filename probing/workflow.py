@@ -262,6 +262,9 @@ def run_probe_stage(
                                                  for f in ev.split["test_folds"]]})
     write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
     write_json(out / "questions.json", question_summary(questions, transfer))
+    write_json(out / "activations.json", {"cache": str(cached.folder), "layers": layers,
+                                          "shape": list(cached.acts.shape),
+                                          "position": cached.manifest.get("position")})
     meta = {**dict(metadata or {}), "probe": kind, "liref_version": __version__,
             "position": cached.manifest.get("position"), "model": cached.manifest.get("model"),
             "model_fingerprint": cached.manifest.get("model_fingerprint"),

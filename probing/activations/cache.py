@@ -37,7 +37,10 @@ from probing.models import model_id
 log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "VERSION", "ActivationCache", "CachedActivations", "cached_extract",
-           "find_cache"]
+           "find_cache", "load_activations"]
+
+#: the file a probe or extract run writes to say which cache entry holds its activations
+POINTER = "activations.json"
 
 FORMAT = "liref-activations"
 VERSION = 2
@@ -246,3 +249,19 @@ def cached_extract(
         manifest["complete"] = True
         entry.write_manifest(manifest)
     return cache.load(layers)
+
+
+def load_activations(path: str | Path, layers: Sequence[int] | None = None
+                     ) -> CachedActivations:
+    """Activations ``[N, L, d]`` with their labels and ids, from a cache entry folder or from a
+    run folder (``train.extract``, ``train.probe``, a pipeline's ``probe/``) whose
+    ``activations.json`` names the entry."""
+    from probing.io import read_json
+
+    folder = Path(path)
+    if (folder / POINTER).is_file() and not (folder / MANIFEST).is_file():
+        folder = Path(read_json(folder / POINTER)["cache"])
+        if not (folder / MANIFEST).is_file():
+            raise LirefError(f"{path} points at the activation cache {folder}, which is gone; "
+                             "re-run the job (it re-extracts into the cache)")
+    return ActivationCache(folder).load(layers)
