@@ -62,15 +62,30 @@ def _save(folder: Path, arch: str, layer: int, model: str, d_in: int = 32, seed:
     return save_sae(_sae(arch, d_in, 64, seed), folder, info)
 
 
+def _probe_run(folder: Path, model_dir: Path, questions: Path) -> Path:
+    """What ``train.probe`` writes for the match job (``directions/``), made in-process: the
+    diff-in-means of the default prompts' last-token activations at layers 0 and 1."""
+    from probing.activations.extract import extract_activations
+    from probing.models import load_model
+    from probing.probes.directions import layer_directions, save_directions
+    from probing.questions.prompts import format_prompts
+    from probing.workflow import load_questions
+
+    model, tok = load_model(str(model_dir))
+    qs = load_questions([{"name": "jsonl", "path": str(questions)}])
+    acts = extract_activations(model, tok, format_prompts(qs), [0, 1], "last", progress=False)
+    dirs = layer_directions(acts, [q.target for q in qs])
+    meta = {"model": str(model_dir), "d_model": 32, "position": "last", "data": "local_file"}
+    save_directions(folder / "directions", dirs, [0, 1], meta)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir) -> Setup:
     root = tmp_path_factory.mktemp("match")
     model = tiny_model_dir("llama")
     questions = write_questions(root / "questions.jsonl", n_per_label=24)
-    proc = run_module("train.probe", "model=local", f"model.name={model}", "data=local_file",
-                      f"data.sets.0.path={questions}", "layers=[0,1]", "logger=disabled",
-                      f"hydra.run.dir={root}/probe", cwd=root)
-    assert proc.returncode == 0, proc.stderr
+    _probe_run(root / "probe", model, questions)
     sweep = root / "sweep"
     _save(sweep / "0" / "sae", "standard", 1, str(model), seed=0)
     _save(sweep / "1" / "sae", "topk", 1, str(model), seed=1)
@@ -146,11 +161,14 @@ def test_job_writes_reconstruction_probes_injection_and_plots(matched: Path) -> 
     assert run["summary"]["top1_cosine"] == pytest.approx(metrics["top1_cosine"])
 
 
-def test_multirun_picks_each_sae_by_architecture_and_layer(setup: Setup) -> None:
-    proc = run_module("analysis.match", "-m", *setup.common(), f"sae_dir={setup.sweep}",
-                      "sae=standard,topk", "layer=1", "injection.top_k=1", "logger=disabled",
-                      f"hydra.sweep.dir={setup.root}/multi", cwd=setup.root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_multirun_picks_each_sae_by_architecture_and_layer(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _in_process(["-m", *setup.common(), f"sae_dir={setup.sweep}",
+                             "sae=standard,topk", "layer=1", "injection.top_k=1",
+                             "logger=disabled", f"hydra.sweep.dir={setup.root}/multi"],
+                            setup.root, monkeypatch, capsys)
+    assert code == 0, err
     jobs = sorted(p for p in (setup.root / "multi").iterdir() if p.is_dir()
                   and not p.name.startswith("."))
     picked = [load_match(job)[1]["sae_dir"] for job in jobs]
@@ -159,6 +177,8 @@ def test_multirun_picks_each_sae_by_architecture_and_layer(setup: Setup) -> None
 
 def _in_process(overrides: list[str], root: Path, monkeypatch: pytest.MonkeyPatch,
                 capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Call ``analysis.match``'s Hydra entry point in this process: ``(exit code, stderr)``
+    (0 when it returns normally)."""
     from analysis.match import main
 
     monkeypatch.chdir(root)
@@ -168,9 +188,11 @@ def _in_process(overrides: list[str], root: Path, monkeypatch: pytest.MonkeyPatc
     log_root = logging.getLogger()
     handlers, level = log_root.handlers[:], log_root.level
     capsys.readouterr()
+    code = 0
     try:
-        with pytest.raises(SystemExit) as exc:
-            main()
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
     finally:
         for handler in log_root.handlers[:]:
             if handler not in handlers:
@@ -180,7 +202,7 @@ def _in_process(overrides: list[str], root: Path, monkeypatch: pytest.MonkeyPatc
             if handler not in log_root.handlers:
                 log_root.addHandler(handler)
         log_root.setLevel(level)
-    return int(exc.value.code), capsys.readouterr().err
+    return code, capsys.readouterr().err
 
 
 MISMATCHES = {

@@ -370,6 +370,9 @@ def test_top_units_read_off_the_token_stream(tiny_llama):
     assert [u.kind for u in units] == ["token", "token", "bigram", "trigram"]
     assert units[0].ids == (plus[0],) and units[0].text == "+" and units[0].count == 6
     assert units[2].ids[-1] == plus[0] and units[3].ids[-1] == plus[0]
+    (newline,) = tok("\n", add_special_tokens=False)["input_ids"]
+    on_newline = top_units((token == newline).double(), table, use, tok, counts=(1, 1, 1))
+    assert on_newline and all("\n" not in u.text for u in on_newline)  # would break prompts
     rnd = random_units(table, use, tok, counts=(3, 2, 1), seed=0)
     assert [u.kind for u in rnd] == ["token"] * 3 + ["bigram"] * 2 + ["trigram"]
 

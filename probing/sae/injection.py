@@ -4,7 +4,7 @@ respond to its top tokens alone, outside the context it was selected on?
 For each target (a latent, or the LiReF), its top-activating units are read off the
 training prompts of the class it prefers: 3 single tokens, 2 bigrams and 1 trigram (by mean
 activation at the unit's last token, among units seen at least ``min_count`` times, keeping
-only units whose text tokenizes back to the same ids). Each unit is injected into baseline
+only units whose text tokenizes back to the same ids and holds no line break). Each unit is injected into baseline
 questions (held-out prompts of the other class, or neutral texts) by ``prepend``, ``append``
 and ``intersperse`` (at a random interior word boundary). Cohen's d (``probing.stats``) of the
 target's readout, injected vs baseline, classifies the target:
@@ -191,6 +191,12 @@ def _roundtrips(tokenizer: Any, text: str, ids: tuple[int, ...]) -> bool:
     return False
 
 
+def _usable(text: str) -> bool:
+    """A unit must have text and no line break (one would break the prompt template, e.g. a
+    unit ``"?\nA:"`` injected mid-question opens a fake answer)."""
+    return bool(text) and "\n" not in text and "\r" not in text
+
+
 def _unit_text(tokenizer: Any, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
@@ -224,7 +230,7 @@ def top_units(values: torch.Tensor, table: NgramTable, use: torch.Tensor, tokeni
                 if any(u.ids == ids for u in picked):
                     continue
                 text = _unit_text(tokenizer, ids)
-                if text and _roundtrips(tokenizer, text, ids):
+                if _usable(text) and _roundtrips(tokenizer, text, ids):
                     picked.append(Unit(ids, text, float(mean[gi]), int(count[gi])))
             if len(picked) >= want:
                 break
@@ -248,7 +254,7 @@ def random_units(table: NgramTable, use: torch.Tensor, tokenizer: Any,
                 break
             ids = tuple(int(t) for t in table.keys[n][gi])
             text = _unit_text(tokenizer, ids)
-            if text and _roundtrips(tokenizer, text, ids):
+            if _usable(text) and _roundtrips(tokenizer, text, ids):
                 picked.append(Unit(ids, text, float("nan"), 0))
         out.extend(picked)
     return out

@@ -312,9 +312,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else
-                                 "|".join(row[c]) if isinstance(row.get(c), list) else row[c])
-                             for c in columns})
+            writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
     tmp.replace(path)
     return path
 
@@ -440,7 +438,7 @@ def run_matching(
             "injection_d_random": _py(inj["d_random"]) if inj else None,
             **{f"injection_d_{h}": _py(inj.get(f"d_{h}")) if inj else None for h in READOUTS},
             "injection_best": inj["best"] if inj else None,
-            "injection_units": inj["units"] if inj else None,
+            "injection_units": " | ".join(inj["units"]) if inj else None,
         })
         rows.append({c: row.get(c) for c in LATENT_COLUMNS})
 
