@@ -294,6 +294,20 @@ def test_sparse_probes_find_the_planted_latent():
     assert bow["auroc"] == 1.0  # the texts name the class: the control catches it
 
 
+def test_match_settings_validate_rank_keys_and_nested_groups():
+    from probing.sae.match_run import MatchSettings
+
+    s = MatchSettings.from_dict({"rank_by": "abs_decoder_cosine", "nulls": {"n_random": 50},
+                                 "injection": {"top_k": 3}})
+    assert s.nulls.n_random == 50 and s.nulls.n_permutations == 1000 and s.injection.top_k == 3
+    for bad, words in (({"rank_by": "injection_d"}, "rank_by"),
+                       ({"rank_by": "colour"}, "allowed"),
+                       ({"nulls": {"n_rnd": 5}}, "unknown nulls"),
+                       ({"test_size": 1.0}, "test_size")):
+        with pytest.raises(LirefError, match=words):
+            MatchSettings.from_dict(bad)
+
+
 # --- token injection -----------------------------------------------------------------------
 def test_injection_classes_and_strategies():
     assert injection_class(1.2) == "token-driven" and injection_class(0.8) == "token-driven"
@@ -423,6 +437,11 @@ def test_planted_token_latent_on_a_model_is_token_driven(embedding_model):
     fires = acts.tokens.token == tid
     assert bool((col[fires] > 0).all()) and bool((col[~fires] == 0).all())
     assert acts.x.shape == (40, 32) and acts.f.shape == (40, 2)
+    per_prompt = acts.readout([0], "max")[:, 0]
+    assert bool((per_prompt[:20] > 0).all()) and bool((per_prompt[20:] == 0).all())
+    assert torch.allclose(acts.readout([0, 1], "position"), acts.f)
+    proj_max = acts.direction_readout(r, "max")
+    assert bool((proj_max >= acts.direction_readout(r, "mean") - 1e-9).all())
     ex = top_examples(acts, col, tok, y, n_tokens=3, n_prompts=2)
     assert ex["tokens"][0]["label"] == 1 and "[[+]]" in ex["tokens"][0]["text"]
     table = ngram_table(acts.tokens.prompt, acts.tokens.pos, acts.tokens.token,

@@ -48,7 +48,7 @@ from probing.stats import auroc_with_ci
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LATENT_COLUMNS", "MatchResult", "MatchSettings", "grouped_train_test",
+__all__ = ["LATENT_COLUMNS", "RANK_KEYS", "MatchResult", "MatchSettings", "grouped_train_test",
            "question_sources", "run_matching"]
 
 #: the columns of latents.json / latents.csv, in order (``test_auroc_lo/hi`` and the
@@ -66,8 +66,11 @@ LATENT_COLUMNS: tuple[str, ...] = (
     "injection_d", "injection_class", "injection_d_random", "injection_d_max",
     "injection_d_mean", "injection_d_position", "injection_best", "injection_units",
 )
-_NUMERIC_RANK_KEYS = tuple(c for c in LATENT_COLUMNS if c not in (
-    "latent", "rank", "injection_class", "injection_best", "injection_units", "omp_step"))
+#: what latents can be ranked by (everything computed before the ranking)
+RANK_KEYS: tuple[str, ...] = tuple(
+    c for c in LATENT_COLUMNS
+    if c not in ("latent", "rank", "omp_step", "test_auroc_lo", "test_auroc_hi")
+    and not c.startswith("injection_"))
 
 
 @dataclass
@@ -141,9 +144,9 @@ class MatchSettings:
 
     def __post_init__(self) -> None:
         key = self.rank_by.removeprefix("abs_")
-        if key not in _NUMERIC_RANK_KEYS:
+        if key not in RANK_KEYS:
             raise LirefError(f"rank_by={self.rank_by!r} is not a latent score; allowed: "
-                             f"{list(_NUMERIC_RANK_KEYS)} (or abs_<name>)")
+                             f"{list(RANK_KEYS)} (or abs_<name>)")
         if not 0.0 < self.test_size < 1.0:
             raise LirefError(f"test_size must be in (0, 1), got {self.test_size}")
         if self.top_k < 1:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,7 +122,6 @@ class LatentActivations:
     tokens: TokenLatents
     position: str
     layer: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def readout(self, latents: Sequence[int], how: str) -> torch.Tensor:
         """``[N, len(latents)]``: each latent per prompt, at the probe ``position`` or the
