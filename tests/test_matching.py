@@ -467,3 +467,5 @@ def test_highlight_marks_one_token(tiny_llama):
     (plus,) = tok(" +", add_special_tokens=False)["input_ids"]
     text = highlight(tok, ids, ids.index(plus))
     assert text == "Q: what is 3 [[+]] 4 ?\nA: "
+    (newline,) = tok("\n", add_special_tokens=False)["input_ids"]
+    assert highlight(tok, ids, ids.index(newline)) == "Q: what is 3 + 4 ?[[\\n]]A: "

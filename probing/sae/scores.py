@@ -402,15 +402,20 @@ def token_stats(tokens: TokenLatents) -> dict[str, np.ndarray]:
 def highlight(tokenizer: Any, ids: Sequence[int], pos: int, mark: tuple[str, str] = ("[[", "]]")
               ) -> str:
     """The prompt's text with token ``pos`` wrapped in ``mark`` (spaces a tokenizer puts
-    before a token stay outside the mark)."""
+    before a token stay outside the mark; a whitespace-only token is shown escaped, e.g.
+    ``[[\\n]]``)."""
     def dec(part: Sequence[int]) -> str:
         return tokenizer.decode(list(part), skip_special_tokens=True)
 
     full, head, upto = dec(ids), dec(ids[:pos]), dec(ids[: pos + 1])
     if full.startswith(upto) and upto.startswith(head):
         start, end = len(head), len(upto)
+        raw = full[start:end]
         while start < end and full[start].isspace():
             start += 1
+        if start == end:  # the token is whitespace (a newline, say)
+            shown = raw.encode("unicode_escape").decode("ascii")
+            return f"{full[:len(head)]}{mark[0]}{shown}{mark[1]}{full[end:]}"
         return f"{full[:start]}{mark[0]}{full[start:end]}{mark[1]}{full[end:]}"
     return f"{head} {mark[0]}{dec(ids[pos:pos + 1])}{mark[1]} {dec(ids[pos + 1:])}"
 
