@@ -63,13 +63,15 @@ STAGES: dict[str, StageSpec] = {
                                  "control/embedding_auroc")),
     "sae": StageSpec("train.sae:sae_job", ("layer", "sae", "corpus", "activations", "seed"),
                      ("probe",), ("layer", "l0", "explained_variance", "ce_loss_recovered")),
-    "match": StageSpec("analysis.match:match_job", ("match", "data", "seed"), ("probe", "sae"),
-                       ("top1_cosine", "top1_p", "k_for_0.9_cosine")),
+    "match": StageSpec("analysis.match:match",
+                       ("matching", "data", "prompt", "position", "sae", "seed"),
+                       ("probe", "sae"), ("top1_cosine", "top1_p", "k_for_0.9_cosine"),
+                       section="matching"),
     "steer": StageSpec("analysis.steer:steer_job", ("steer", "steering", "prompt", "seed"),
                        ("probe",), section="steering", optional=("sae", "match")),
 }
 
-#: the input folder keys a stage's job reads, and the stage (sub-folder) each points at
+#: the input-folder keys the consuming jobs read, and the stage (sub-folder) each points at
 INPUT_DIRS = {"probe_dir": ("probe", ""), "sae_dir": ("sae", "sae"), "match_dir": ("match", "")}
 
 
@@ -91,9 +93,10 @@ def _stage_config(cfg: DictConfig, name: str, dirs: Mapping[str, Any],
     with open_dict(stage_cfg):
         if name == "sae" and stage_cfg.get("layer") is None and "best_layer" in state:
             stage_cfg.layer = int(state["best_layer"])
-        for key, (stage, sub) in INPUT_DIRS.items():
-            if stage in dirs and stage in (*spec.upstream, *spec.optional) and key in stage_cfg:
-                stage_cfg[key] = str(dirs[stage] / sub) if sub else str(dirs[stage])
+        if spec.section is not None:  # analysis jobs read their inputs from *_dir keys
+            for key, (stage, sub) in INPUT_DIRS.items():
+                if stage in dirs and stage in (*spec.upstream, *spec.optional):
+                    stage_cfg[key] = str(dirs[stage] / sub) if sub else str(dirs[stage])
     return stage_cfg
 
 

@@ -26,6 +26,21 @@ from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
 log = logging.getLogger("liref.steer")
 
 
+def fitted_ids(probe_dir: str) -> set[str]:
+    """Ids of the questions the probe run fitted its directions on (its training and validation
+    parts; every probed question after a nested k-fold), from ``split.json``."""
+    from probing.io import read_json
+    from probing.steering.sources import load_probe_run
+
+    split_file = load_probe_run(probe_dir).folder / "split.json"
+    if not split_file.is_file():
+        return set()
+    split = read_json(split_file)
+    if split.get("mode") == "holdout":
+        return set(split["train"]) | set(split["val"])
+    return {i for fold in split.get("test_folds", []) for i in fold}
+
+
 def _eval_sets(ctx: JobContext, model: Any, tok: Any) -> list:
     from probing.evaluation.sweep import build_eval_set
     from probing.workflow import organism_checkpoint, prompt_template
@@ -35,8 +50,9 @@ def _eval_sets(ctx: JobContext, model: Any, tok: Any) -> list:
     specs = plain(cfg.steer.sets) or []
     if not specs:
         raise LirefError("steer.sets is empty: name at least one question set")
+    exclude = fitted_ids(cfg.probe_dir)  # held out from the direction, as every figure is
     return [build_eval_set(spec, template, tok, organism_checkpoint(model),
-                           cfg.steer.get("n_per_set"), cfg.seed) for spec in specs]
+                           cfg.steer.get("n_per_set"), cfg.seed, exclude) for spec in specs]
 
 
 def _subset(evalset: Any, n: int, seed: int) -> Any:

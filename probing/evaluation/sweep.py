@@ -14,7 +14,7 @@ Both return ``Outcomes``: per-setting, per-item arrays ``[S, N]`` in the order o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,12 +212,14 @@ def item_flips(outcomes: Outcomes, baseline: int = 0) -> dict[str, Any]:
 
 def build_eval_set(spec: Mapping[str, Any], template: Any = None, tokenizer: Any = None,
                    organism_path: str | None = None, n: int | None = None, seed: int = 0,
-                   ) -> EvalSet:
+                   exclude: Collection[str] = ()) -> EvalSet:
     """An ``EvalSet`` from a config mapping: ``set`` (its name), ``rates``, ``contrast``,
     ``prompt`` (a ``PromptTemplate`` mapping overriding ``template``), ``n`` (items, drawn with
     ``seed``), the rest passed to ``load_question_set`` (``name``, ``path``, ``split``,
-    ``kinds``, ...)."""
+    ``kinds``, ...). Questions whose id is in ``exclude`` (the items the direction was fitted
+    on) are dropped before the draw."""
     from probing.questions.prompts import PromptTemplate, format_prompts
+    from probing.questions.sampling import sample_balanced
     from probing.workflow import load_questions, prompt_template
 
     spec = dict(spec)
@@ -228,7 +230,15 @@ def build_eval_set(spec: Mapping[str, Any], template: Any = None, tokenizer: Any
     n = spec.pop("n", n)
     if not name:
         raise LirefError(f"question set entry {spec} has no 'set' or 'name'")
-    questions = load_questions([spec], n, seed, organism_path)
+    questions = load_questions([spec], None, seed, organism_path)
+    kept = [q for q in questions if q.id not in exclude]
+    if not kept:
+        raise LirefError(f"steering set {name!r}: all {len(questions)} questions were used to "
+                         "fit the direction; evaluate on other items")
+    if len(kept) < len(questions):
+        log.info("steering set %s: %d of %d questions left out (the direction was fitted on "
+                 "them)", name, len(questions) - len(kept), len(questions))
+    questions = sample_balanced(kept, n, seed)
     tmpl = prompt_template(prompt) if prompt else (template or PromptTemplate())
     return EvalSet(name, questions, format_prompts(questions, tmpl, tokenizer), rates,
                    tuple(contrast) if contrast else None, add_special_tokens=not tmpl.chat)

@@ -184,23 +184,31 @@ class MatchResult:
     injection: list[dict[str, Any]] = field(default_factory=list)
 
 
-def grouped_train_test(y: np.ndarray, groups: Sequence[str], test_size: float, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """A grouped, stratified ``(train_idx, test_idx)`` split (no group on both sides)."""
-    # TODO(integrator): use probes.evaluation split
-    from sklearn.model_selection import StratifiedGroupKFold
+def grouped_train_test(questions: Sequence[Question], test_size: float, seed: int,
+                       probe_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, test_idx)`` of ``questions``, no group on both sides.
 
-    n_splits = max(2, int(round(1.0 / test_size)))
-    gid = np.unique(np.asarray(groups), return_inverse=True)[1]
-    for label in (0, 1):
-        n_groups = len(np.unique(gid[y == label]))
-        if n_groups < n_splits:
-            name = "reasoning" if label else "memory"
-            raise LirefError(f"too few {name} question groups ({n_groups}) for a held-out "
-                             f"split with test_size={test_size} (need {n_splits})")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    tr, te = next(folds.split(np.zeros(len(y)), y, gid))
-    return np.sort(tr), np.sort(te)
+    When the probe run's ``split.json`` covers these questions, its test part is the held-out
+    part here too, so no item the LiReF was fitted on is "held out" in matching; otherwise a
+    fresh grouped, stratified split (``probing.probes.evaluation.grouped_split``)."""
+    from probing.probes.evaluation import grouped_split
+
+    ids = [q.id for q in questions]
+    split_file = Path(probe_dir) / "split.json" if probe_dir is not None else None
+    if split_file is not None and split_file.is_file():
+        from probing.io import read_json
+
+        split = read_json(split_file)
+        if split.get("mode") == "holdout" and set(split["test"]) <= set(ids):
+            test_ids = set(split["test"])
+            test = np.array([i for i, q in enumerate(ids) if q in test_ids], dtype=np.int64)
+            train = np.array([i for i, q in enumerate(ids) if q not in test_ids], dtype=np.int64)
+            log.info("held-out part = the probe run's test part (%d questions)", len(test))
+            return train, test
+    y = np.array([LABEL_TO_INT[q.label] for q in questions], dtype=np.int64)
+    split = grouped_split(y, [q.group for q in questions], val_size=0.0, test_size=test_size,
+                          seed=seed)
+    return split.train, split.test
 
 
 def question_sources(questions: Sequence[Question], key: str = "auto") -> tuple[list[str], str]:
@@ -370,7 +378,7 @@ def run_matching(
     if len(set(y.tolist())) < 2:
         raise LirefError(f"one-class question set: all {len(y)} questions are "
                          f"{questions[0].label!r}; matching needs reasoning and memory items")
-    train, test = grouped_train_test(y, [q.group for q in questions], s.test_size, s.seed)
+    train, test = grouped_train_test(questions, s.test_size, s.seed, inputs.probe_dir)
     in_train = np.zeros(len(y), dtype=bool)
     in_train[train] = True
     prompts = format_prompts(questions, template, tokenizer)

@@ -93,14 +93,15 @@ class MatchRun:
 
 def load_match_run(folder: str | Path) -> MatchRun:
     """Read ``folder/latents.json`` and ``folder/match.json`` (the matching job's output)."""
-    # TODO(integrator): use probing.sae.matching.load_match once the matching branch lands.
+    from probing.sae.matching import load_match
+
     root = Path(folder).expanduser()
-    for name in ("latents.json", "match.json"):
-        if not (root / name).is_file():
-            raise LirefError(f"{folder} is not a matching run folder: no {name} (run the "
-                             f"matching job first and pass its output folder)")
-    rows = read_json(root / "latents.json")
-    meta = read_json(root / "match.json")
+    if (root / "match").is_dir() and not (root / "match.json").is_file():
+        root = root / "match"  # a pipeline run folder
+    if not (root / "latents.json").is_file():
+        raise LirefError(f"{folder} is not a matching run folder: no latents.json (run the "
+                         f"matching job first and pass its output folder)")
+    rows, meta = load_match(root)
     if not isinstance(rows, list) or not rows:
         raise LirefError(f"{root}/latents.json must be a non-empty list of latent rows")
     missing = {"latent", "rank", "density", "max_activation"} - set(rows[0])
