@@ -116,7 +116,7 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
                          f"stream is {d_model}-wide: they come from another model "
                          f"({probe.meta.get('model')!r})")
     match = load_match_run(cfg.match_dir) if cfg.get("match_dir") else None
-    sae = match.load_sae() if match is not None else None
+    sae = match.load_sae(sae_dir=cfg.get("sae_dir")) if match is not None else None
     if cfg.layers is None and probe.best_layer is None:
         raise LirefError(f"{probe.folder} has no metrics.json with best_layer; name the "
                          f"steering layers (layers=[...])")

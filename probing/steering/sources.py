@@ -75,11 +75,13 @@ class MatchRun:
                     and float(r.get("max_activation") or 0) > 0]
         return rows[:k]
 
-    def load_sae(self, device: str = "cpu") -> Any:
-        """The matched SAE (a local folder, or a sae-lens release + id)."""
+    def load_sae(self, device: str = "cpu", sae_dir: str | Path | None = None) -> Any:
+        """The matched SAE (a local folder, or a sae-lens release + id); ``sae_dir`` overrides
+        the folder match.json names (a pipeline points it at its own ``sae/`` stage, which
+        holds the same SAE when the matching stage was restored from the stage cache)."""
         from probing.sae.training import load_sae
 
-        sae_dir = self.meta.get("sae_dir")
+        sae_dir = sae_dir or self.meta.get("sae_dir")
         if sae_dir:
             path = Path(sae_dir)
             if not path.is_absolute() and (self.folder / path).is_dir():
