@@ -68,7 +68,8 @@ STAGES: dict[str, StageSpec] = {
                        ("probe", "sae"), ("top1_cosine", "top1_p", "k_for_0.9_cosine"),
                        section="matching"),
     "steer": StageSpec("analysis.steer:steer_job", ("steer", "steering", "prompt", "seed"),
-                       ("probe",), section="steering", optional=("sae", "match")),
+                       ("probe",), ("n_settings", "seconds"), section="steering",
+                       optional=("sae", "match")),
 }
 
 #: the input-folder keys the consuming jobs read, and the stage (sub-folder) each points at

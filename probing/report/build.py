@@ -178,11 +178,23 @@ def _table_from_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
     return cols, [[fmt(r.get(c)) for c in cols] for r in rows]
 
 
-def _headline(st: _Stage, skip: Sequence[str] = ()) -> Block:
-    rows = [[k, st.cell(k)] for k in sorted(st.metrics)
-            if isinstance(st.metrics[k], (int, float)) and not k.endswith(("_ci_low", "_ci_high"))
-            and not any(k.startswith(s) for s in skip)]
-    return Block("table", "headline metrics", ["metric", "value"], rows)
+#: the matching metrics the report shows (all of them are in match/metrics.json)
+MATCH_HEADLINE = ("top1_latent", "top1_cosine", "top1_p", "top1_p_random", "k_for_0.9_cosine",
+                  "n_significant_q05", "n_significant_q05_random", "gap_share_top20",
+                  "gap_error_share", "sparse_latents_auroc_k1", "sparse_latents_auroc_k5",
+                  "sparse_latents_auroc_k20", "sparse_neurons_auroc_k1",
+                  "sparse_neurons_auroc_k5", "dense_auroc", "liref_auroc", "bow_auroc",
+                  "frac_token_driven_top20", "frac_context_dependent_top20",
+                  "liref_injection_d", "liref_injection_d_random")
+
+
+def _headline(st: _Stage, keys: Sequence[str] | None = None) -> Block:
+    chosen = [k for k in keys if k in st.metrics] if keys else []
+    if not chosen:
+        chosen = [k for k in sorted(st.metrics) if isinstance(st.metrics[k], (int, float))
+                  and not k.endswith(("_ci_low", "_ci_high"))]
+    return Block("table", "headline metrics", ["metric", "value"],
+                 [[k, st.cell(k)] for k in chosen])
 
 
 def _match_section(st: _Stage, top: int = 10) -> list[Block]:
@@ -194,7 +206,7 @@ def _match_section(st: _Stage, top: int = 10) -> list[Block]:
     if latents:
         header, rows = _table_from_rows(latents[:top], MATCH_COLUMNS)
         blocks.append(Block("table", f"top {min(top, len(latents))} latents", header, rows))
-    blocks.append(_headline(st))
+    blocks.append(_headline(st, MATCH_HEADLINE))
     for img in st.images():
         blocks.append(Block("img", _caption(img.name), path=img))
     return blocks
