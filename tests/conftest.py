@@ -46,3 +46,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+#: a small but complete organism study: every stage of analysis.pipeline at reduced sizes
+STUDY_OVERRIDES = (
+    "data.n=240", "eval.n_resamples=200",
+    "sae.training_tokens=40960", "sae.batch_size=512", "sae.eval_every=0",
+    "corpus.max_texts=3000", "activations.heldout_texts=64", "activations.heldout_tokens=2000",
+    "activations.ce_batches=2",
+    "matching.nulls.n_random=200", "matching.nulls.n_permutations=100", "matching.top_k=5",
+    "matching.injection.top_k=3", "matching.injection.n_prompts=16",
+    "matching.reconstruction.max_k=16", "matching.n_resamples=200",
+    "steer.n_per_set=40", "steering.strengths.add=[1.0]", "steering.strengths.add_latent=[4.0]",
+    "steering.strengths.clamp_latent=[0.0]", "steering.controls.n_random_latents=1",
+    "steering.n_resamples=200",
+)
+
+
+@pytest.fixture(scope="session")
+def organism_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m analysis.pipeline`` (all stages, wandb offline) on the committed organism at
+    reduced sizes, in a fresh folder; returns that folder (the run is its newest
+    ``outputs/pipeline/<time>``)."""
+    from tests.job_fixtures import run_module
+
+    cwd = tmp_path_factory.mktemp("study")
+    proc = run_module("analysis.pipeline", *STUDY_OVERRIDES, "logger=offline", cwd=cwd,
+                      timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return cwd
