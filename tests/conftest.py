@@ -67,7 +67,8 @@ STUDY_OVERRIDES = (
 def organism_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``python -m analysis.pipeline`` (all stages, wandb offline) on the committed organism at
     reduced sizes, in a fresh folder; returns that folder (the run is its newest
-    ``outputs/pipeline/<time>``)."""
+    ``outputs/pipeline/<time>``). Tests that run the pipeline again there write under another
+    folder (``reruns/``) so that ``latest_run`` keeps naming this run, whatever the test order."""
     from tests.job_fixtures import run_module
 
     cwd = tmp_path_factory.mktemp("study")

@@ -15,9 +15,9 @@ from tests.tiny_models import save_tiny_model
 
 def _rerun(study, *extra: str, name: str) -> tuple[dict, str]:
     proc = run_module("analysis.pipeline", *STUDY_OVERRIDES, "logger=disabled", *extra,
-                      f"hydra.run.dir=outputs/pipeline/{name}", cwd=study)
+                      f"hydra.run.dir=reruns/{name}", cwd=study)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((study / "outputs" / "pipeline" / name / "metrics.json").read_text()), \
+    return json.loads((study / "reruns" / name / "metrics.json").read_text()), \
         proc.stderr + proc.stdout
 
 
@@ -30,7 +30,7 @@ def test_rerun_with_nothing_changed_restores_every_stage(organism_study):
     same = {k: v for k, v in first.items() if not k.endswith("/reused")}
     assert {k: v for k, v in second.items() if not k.endswith("/reused")} == same
     assert "stage steer reused" in log
-    run = organism_study / "outputs" / "pipeline" / "rerun"
+    run = organism_study / "reruns" / "rerun"
     assert load_probe(run / "probe" / "probe").layer == first["probe/best_layer"]
     load_sae(str(run / "sae" / "sae"))  # the restored SAE loads
     assert (run / "report.html").is_file()
