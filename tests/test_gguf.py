@@ -74,6 +74,15 @@ def test_converted_cache_is_reused(smollm2, gguf_cache, monkeypatch):
     model, _ = load_model(str(wheel_file.parent), gguf_file=wheel_file.name, cache_dir=gguf_cache)
     assert model.config._name_or_path == smollm2[0].config._name_or_path
     torch.testing.assert_close(model.lm_head.weight, smollm2[0].lm_head.weight, atol=0, rtol=0)
+    # every job loads it through its model config (conf/model/smollm2_135m.yaml) and cache_dir
+    from omegaconf import OmegaConf
+
+    from probing.workflow import load_model_from_config
+
+    conf = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "smollm2_135m.yaml")
+    model, _ = load_model_from_config(conf, gguf_cache)
+    assert model.config._name_or_path == smollm2[0].config._name_or_path
+    assert model.config.liref_name == "smollm2-135m" and num_layers(model) == conf.n_layers
 
 
 def test_extraction_equals_hidden_states(smollm2):
