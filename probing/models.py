@@ -2,7 +2,14 @@
 
 Layer convention used everywhere in liref: layer ``l`` is the output of decoder block ``l``,
 which is HF's ``hidden_states[l + 1]`` for every block but the last (HF applies the final norm
-to its last ``hidden_states`` entry; liref does not).
+to its last ``hidden_states`` entry; liref does not). A few families index ``hidden_states``
+differently by design (Mamba has no embedding entry: its ``hidden_states[l]`` is block ``l``);
+liref's layers are block outputs regardless.
+
+Models: Hub ids, local folders, ``.gguf`` files (converted once to safetensors, see
+``probing.gguf``) and built-in names (``organism``, ``smollm2-135m``). The blocks are found
+generically (``find_blocks``): the ``nn.ModuleList`` of ``num_hidden_layers`` blocks under the
+decoder / base model, so any decoder-only architecture works without a per-family entry.
 """
 
 from __future__ import annotations
