@@ -49,7 +49,9 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
     """``(model, tokenizer)`` from a ``conf/model/*.yaml`` mapping.
 
     For ``name: organism``, a changed organism config or ``retrain: true`` trains a new organism
-    into ``cache_dir`` first (see ``probing.organism.ensure_organism``).
+    into ``cache_dir`` first (see ``probing.organism.ensure_organism``). GGUF models (a built-in
+    name like ``smollm2-135m``, a ``.gguf`` path, or ``gguf_file``) are converted once to
+    safetensors under ``cache_dir/gguf``.
     """
     name = str(model_cfg["name"])
     if name == "organism":
@@ -64,6 +66,8 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
         trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
         device_map=model_cfg.get("device_map"),
         revision=model_cfg.get("revision"),
+        gguf_file=model_cfg.get("gguf_file"),
+        cache_dir=cache_dir,
     )
     model.config.liref_name = str(model_cfg["name"])
     return model, tokenizer

@@ -7,6 +7,8 @@ they came from) that keys activation caches. Sources:
 - ``file``: a local ``.txt`` (one document per non-empty line) or ``.jsonl`` (field ``text_field``).
 - ``hf``: a HuggingFace data set by name (``datasets.load_dataset``; needs the hub or its cache).
 - ``questions``: question sets' prompts, ``"Q: {question}\\nA: "``.
+- ``benchmarks``: question sets as whole documents (question, options, solution or answer),
+  de-duplicated by question and shuffled with ``seed`` (a real-text corpus available offline).
 - ``texts``: an explicit list of strings (notebooks, tests).
 """
 
@@ -27,6 +29,7 @@ __all__ = [
     "CORPUS_SOURCES",
     "PROMPT_TEMPLATE",
     "TextCorpus",
+    "benchmark_documents",
     "fingerprint_texts",
     "load_corpus",
     "question_prompts",
@@ -35,7 +38,7 @@ __all__ = [
 #: The paper's prompt: no few-shot, ``"Q: " + question + "\nA: "``.
 PROMPT_TEMPLATE = "Q: {question}\nA: "
 
-CORPUS_SOURCES = ("organism", "file", "hf", "questions", "texts")
+CORPUS_SOURCES = ("organism", "file", "hf", "questions", "benchmarks", "texts")
 
 
 def fingerprint_texts(texts: Iterable[str], salt: str = "") -> str:
@@ -106,6 +109,45 @@ def question_prompts(question_sets: Sequence[Mapping[str, Any]],
         questions = load_question_set(spec.pop("name"), **spec)
         prompts.extend(template.format(question=q.question) for q in questions)
     return prompts
+
+
+def _document(q: Any) -> str:
+    """One question as a document: ``Q: question``, lettered options, ``A: solution``."""
+    lines = [f"Q: {q.question}"]
+    choices = q.meta.get("choices") or []
+    lines += [f"{chr(65 + i)}. {c}" for i, c in enumerate(choices)]
+    solution = q.meta.get("solution") or q.meta.get("cot_content")
+    if solution:
+        answer = str(solution).strip()
+    elif choices and "answer_index" in q.meta:
+        answer = f"The answer is ({q.answers[0]}) {choices[int(q.meta['answer_index'])]}"
+    else:
+        answer = q.answers[0] if q.answers else ""
+    return "\n".join(lines) + f"\nA: {answer}".rstrip() + "\n"
+
+
+def benchmark_documents(question_sets: Sequence[Mapping[str, Any]], seed: int = 0) -> list[str]:
+    """Question sets as documents (question, options, solution or gold answer), one per
+    question, de-duplicated by normalised question text (first kept: MGSM's English items are
+    GSM8K's), then shuffled with ``seed`` so ``max_texts`` keeps a mix of every set."""
+    import random
+
+    from probing.questions import load_question_set
+    from probing.questions.record import normalize_question
+
+    seen: set[str] = set()
+    docs: list[str] = []
+    for spec in question_sets:
+        spec = dict(spec)
+        if "name" not in spec:
+            raise LirefError(f"question set entry {spec} has no 'name'")
+        for q in load_question_set(spec.pop("name"), **{"seed": seed, **spec}):
+            key = normalize_question(q.question)
+            if key not in seen:
+                seen.add(key)
+                docs.append(_document(q))
+    random.Random(f"liref-benchmark-corpus-{seed}").shuffle(docs)
+    return docs
 
 
 def _read_file(path: Path, text_field: str) -> list[str]:
@@ -234,6 +276,12 @@ def load_corpus(
         docs = []
         if not question_sets:
             raise LirefError("corpus.source=questions needs corpus.question_sets")
+    elif source == "benchmarks":
+        if not question_sets:
+            raise LirefError("corpus.source=benchmarks needs corpus.question_sets")
+        docs = benchmark_documents(question_sets, seed)
+        desc.update(question_sets=[dict(q) for q in question_sets], seed=seed)
+        question_sets = ()  # they are the documents, not extra prompts
     else:
         if texts is None:
             raise LirefError("corpus.source=texts needs a list of texts")

@@ -102,9 +102,12 @@ def extract_activations(
         idx = order[start : start + batch_size]
         input_ids, mask = pad_right([token_ids[i] for i in idx], pad_id)
         store = forward_residual(model, input_ids, mask, layers)
-        pooled = torch.stack([pool_positions(store[layer], mask, position) for layer in layers], 1)
+        # Pool each layer on its own device, move it to the CPU, then stack: under a multi-device
+        # device_map the blocks (and so their outputs) live on different GPUs.
+        pooled = torch.stack([pool_positions(store[layer], mask, position).float().cpu()
+                              for layer in layers], 1)
         if out is None:
             out = torch.empty((len(prompts), len(layers), pooled.shape[-1]), dtype=torch.float32)
-        out[torch.tensor(idx)] = pooled.float().cpu()
+        out[torch.tensor(idx)] = pooled
     assert out is not None
     return out
