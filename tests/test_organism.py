@@ -38,8 +38,10 @@ TINY = {
                "n_near_exception": 1, "n_test_reasoning": 60,
                "n_test_mixed": 20, "reasoning_tasks": ["arithmetic", "compare"]},
     "model": {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "intermediate_size": 128},
-    "train": {"steps": 600, "batch_size": 32, "lr": 0.005, "warmup": 20, "eval_every": 200,
-              "prelude_steps": 0,
+    # batch 128 and weight decay 0.1: its test items are unseen computations (held out by
+    # content), which batch 32 did not generalize to in 600 steps (1-step arithmetic 0.2)
+    "train": {"steps": 600, "batch_size": 128, "lr": 0.005, "weight_decay": 0.1, "warmup": 20,
+              "eval_every": 200, "prelude_steps": 0,
               "mix": {"memory": 0.4, "arithmetic": 0.3, "compare": 0.3, "mixed": 0.1,
                       "exception": 0.05}},
 }
@@ -524,7 +526,8 @@ def test_job_writes_metrics_and_checkpoint(tiny_job: Path) -> None:
 def test_tiny_organism_clearly_beats_chance(tiny_job: Path) -> None:
     metrics = json.loads((tiny_job / "metrics.json").read_text())
     # chance: at most 1/4 on memory (4 towns; 10 colours, 10 numbers), about 1/19 on one-step
-    # arithmetic (answers 0..18), 1/2 on two-number comparisons (measured: 0.83, 0.83, 1.0)
+    # arithmetic (answers 0..18), 1/2 on two-number comparisons; test computations are never
+    # trained (measured: memory 1.0, arithmetic 0.78, reasoning 0.80)
     assert metrics["accuracy_memory"] >= 0.6
     assert metrics["accuracy_reasoning_arithmetic"] >= 0.5
     assert metrics["accuracy_reasoning"] >= 0.6

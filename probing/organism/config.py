@@ -145,7 +145,7 @@ class TrainConfig:
         threads: torch CPU threads.
     """
 
-    steps: int = 6500
+    steps: int = 8500
     batch_size: int = 64
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
@@ -155,11 +155,11 @@ class TrainConfig:
     curriculum: float = 0.3
     mix: dict[str, float] = field(
         default_factory=lambda: {
-            "memory": 0.27,
-            "arithmetic": 0.33,
-            "compare": 0.09,
-            "lookup": 0.13,
-            "mixed": 0.07,
+            "memory": 0.25,
+            "arithmetic": 0.38,
+            "compare": 0.08,
+            "lookup": 0.12,
+            "mixed": 0.06,
             "exception": 0.11,
         }
     )
@@ -168,7 +168,7 @@ class TrainConfig:
     prelude_target: float = 0.95
     prelude_lr: float | None = 1e-3
     eval_every: int = 250
-    threads: int = 1
+    threads: int = 2
 
     def __post_init__(self) -> None:
         _check_positive(self, ["steps", "batch_size", "lr", "eval_every", "threads"])

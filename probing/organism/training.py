@@ -205,8 +205,9 @@ def train_organism(
     """Train an organism from scratch (deterministic for ``cfg.seed`` on a given machine).
 
     Returns:
-        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds``, ``final_loss``,
-        ``prelude_steps_run``.
+        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds`` (wall),
+        ``train_cpu_seconds`` (this process's CPU time: on a shared machine closer to what
+        an idle one would take with 1 thread), ``final_loss``, ``prelude_steps_run``.
     """
     t = cfg.train
     corpus = Corpus(cfg.corpus, cfg.seed)
@@ -230,7 +231,7 @@ def train_organism(
         prelude_probe = _prelude_probe(corpus, cfg, 128) if t.prelude_steps else []
         #: step at which the prelude ended (None while it runs)
         prelude_end: int | None = None if t.prelude_steps else 0
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         ema: float | None = None
         bar = tqdm(total=t.prelude_steps + t.steps, desc="organism", disable=not progress,
                    mininterval=2.0)
@@ -278,11 +279,14 @@ def train_organism(
                 log_fn(row, step)
         bar.close()
         train_seconds = time.perf_counter() - start
+        train_cpu_seconds = time.process_time() - start_cpu
     finally:
         torch.set_num_threads(old_threads)
         torch.set_flush_denormal(False)
     model.eval()
-    return model, corpus, {"train_seconds": train_seconds, "final_loss": float(ema or 0.0),
+    return model, corpus, {"train_seconds": train_seconds,
+                           "train_cpu_seconds": train_cpu_seconds,
+                           "final_loss": float(ema or 0.0),
                            "prelude_steps_run": float(prelude_end or 0)}
 
 
