@@ -160,8 +160,8 @@ def test_organism_teacher_forced_matches_greedy_generation(organism):
     from probing.questions.prompts import format_prompts
 
     model, tok = organism
-    qs = load_organism_questions(kinds=["perturbed"])[:48]
-    evalset = EvalSet("perturbed", qs, format_prompts(qs), {"stale": "stale_answer"},
+    qs = load_organism_questions(kinds=["near_exception"])[:48]
+    evalset = EvalSet("near_exceptions", qs, format_prompts(qs), {"stale": "stale_answer"},
                       ("gold", "stale_answer"))
     out = evaluate_teacher_forced(model, tok, evalset, [[]], progress=False)
     texts = greedy_generate(model, tok, evalset.prompts, max_new_tokens=3)

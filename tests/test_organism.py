@@ -1,7 +1,8 @@
 """The built-in model organism: corpus, labels, tokenizer, committed checkpoint, training, job.
 
 Answers are re-derived here from the question text alone (regexes below), independently of
-the generator in ``probing/organism/corpus.py``.
+the generator in ``probing/organism/corpus.py``; held-out-by-content is checked by replaying
+the training stream.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,25 +24,34 @@ from probing.organism.corpus import Corpus, format_prompt, format_text
 from probing.organism.questions import load_organism_questions
 from tests.job_fixtures import REPO, run_module
 
-METRIC_KEYS = ("accuracy_memory", "accuracy_reasoning", "accuracy_mixed", "accuracy_perturbed",
-               "stale_rate_perturbed", "train_seconds")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KINDS = ("memory", "reasoning", "mixed", "exception", "near_exception", "ordinary")
+METRIC_KEYS = ("accuracy_memory", "accuracy_reasoning", "accuracy_mixed",
+               "accuracy_exception_memory", "rule_rate_exception", "accuracy_near_exception",
+               "stale_rate_near_exception", "accuracy_ordinary", "train_seconds")
 
 #: a organism small enough to train in seconds (used by the training and job tests)
 TINY = {
     "corpus": {"n_entities": 12, "n_towns": 4, "n_keys": 12, "max_steps": 1, "max_compare": 9,
-               "max_list": 2, "max_pairs": 2, "n_memorized": 4, "n_test_reasoning": 60,
+               "max_list": 2, "max_pairs": 2, "n_exceptions": 8, "exception_steps": 1,
+               "n_near_exception": 1, "n_test_reasoning": 60,
                "n_test_mixed": 20, "reasoning_tasks": ["arithmetic", "compare"]},
     "model": {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "intermediate_size": 128},
-    "train": {"steps": 600, "batch_size": 32, "lr": 0.005, "warmup": 20, "eval_every": 200,
-              "prelude_steps": 0,
+    # batch 128 and weight decay 0.1: its test items are unseen computations (held out by
+    # content), which batch 32 did not generalize to in 600 steps (1-step arithmetic 0.2)
+    "train": {"steps": 600, "batch_size": 128, "lr": 0.005, "weight_decay": 0.1, "warmup": 20,
+              "eval_every": 200, "prelude_steps": 0,
               "mix": {"memory": 0.4, "arithmetic": 0.3, "compare": 0.3, "mixed": 0.1,
-                      "memorized": 0.05}},
+                      "exception": 0.05}},
 }
 
 
 # --------------------------------------------------------------------------- independent oracle
 NUM = r"\d+"
-ARITH = re.compile(rf"^(?:what is|how much is) ({NUM}(?: (?:plus|minus) {NUM})*) \?$")
+EXPR = rf"({NUM}(?: (?:plus|minus) {NUM})*)"
+ARITH = [re.compile(rf"^{t} \?$") for t in (f"what is {EXPR}", f"how much is {EXPR}",
+                                              f"what does {EXPR} give", f"work out {EXPR}")]
 PAIR_CMP = re.compile(rf"^which is (larger|smaller) , ({NUM}) or ({NUM}) \?$")
 LIST_CMP = re.compile(rf"^what is the (largest|smallest) of ({NUM}(?: {NUM})+) \?$")
 LOOKUP = re.compile(r"^(.+) \. what is (\w+) \?$")
@@ -57,8 +68,9 @@ def eval_expression(expr: str) -> int:
 
 def solve(question: str, numbers: dict[str, int] | None = None) -> str:
     """The answer of a reasoning/mixed question, from its text (+ memorized numbers)."""
-    if m := ARITH.match(question):
-        return str(eval_expression(m.group(1)))
+    for pattern in ARITH:
+        if m := pattern.match(question):
+            return str(eval_expression(m.group(1)))
     if m := PAIR_CMP.match(question):
         a, b = int(m.group(2)), int(m.group(3))
         return str(max(a, b) if m.group(1) == "larger" else min(a, b))
@@ -82,7 +94,7 @@ def corpus() -> Corpus:
 # --------------------------------------------------------------------------- corpus
 def _texts(c: Corpus) -> list[str]:
     return [format_text(it.question, it.answer) for split in ("train", "test")
-            for kind in ("memory", "reasoning", "mixed", "perturbed") for it in c.split(split, kind)]
+            for kind in KINDS for it in c.split(split, kind)]
 
 
 def test_corpus_is_deterministic(corpus: Corpus) -> None:
@@ -97,22 +109,36 @@ def test_corpus_is_deterministic(corpus: Corpus) -> None:
     assert s1 == s2
 
 
-def test_questions_loader_and_labels(corpus: Corpus) -> None:
+def test_questions_loader_labels_and_groups(corpus: Corpus) -> None:
     qs = load_organism_questions(split="test")
-    kinds = {q.meta["kind"] for q in qs}
-    assert kinds == {"memory", "reasoning", "mixed", "perturbed"}
+    assert {q.meta["kind"] for q in qs} == set(KINDS)
     for q in qs:
         assert q.source == "organism" and len(q.answers) == 1
-        assert q.label == ("memory" if q.meta["kind"] == "memory" else "reasoning")
-        assert q.meta["perturbed"] == (q.meta["kind"] == "perturbed")
+        assert q.label == ("memory" if q.meta["kind"] in ("memory", "exception") else "reasoning")
+        fact = q.meta["kind"] == "memory"
+        assert q.group.startswith("fact:" if fact else "comp:"), q
+        if q.meta["task"] in ("arithmetic", "exception"):
+            expr = " ".join([str(q.meta["operands"][0])] + [
+                f"{op} {x}" for op, x in zip(q.meta["ops"], q.meta["operands"][1:], strict=True)])
+            assert q.group == f"comp:arith:{expr}" and expr in q.question
     assert len({q.id for q in qs}) == len(qs)
+    # one group per underlying item, whatever the phrasing: the same fact/exception in train
+    # and test shares it; distinct test computations never do
+    train = load_organism_questions(split="train", kinds=["memory", "exception"])
+    by_group = {q.group: q for q in qs if q.meta["kind"] in ("memory", "exception")}
+    for q in train:
+        assert by_group[q.group].answers == q.answers and by_group[q.group].question != q.question
+    computed = [q.group for q in qs if q.meta["kind"] not in ("memory", "exception")]
+    assert len(set(computed)) == len(computed)
     only = load_organism_questions(split="test", kinds=["memory", "reasoning"])
     assert {q.label for q in only} == {"memory", "reasoning"}
     from probing.questions import load_question_set
 
-    sets = yaml.safe_load((REPO / "conf/data/organism.yaml").read_text())["sets"]
-    via = [q for kw in sets for q in load_question_set(**kw)]
-    assert [q.id for q in via] == [q.id for q in only]
+    for name, kinds in [("organism", ["memory", "reasoning"]),
+                        ("organism_matched", ["exception", "ordinary"])]:
+        sets = yaml.safe_load((REPO / f"conf/data/{name}.yaml").read_text())["sets"]
+        via = [q for kw in sets for q in load_question_set(**kw)]
+        assert [q.id for q in via] == [q.id for q in load_organism_questions(kinds=kinds)]
     with pytest.raises(LirefError, match="kinds"):
         load_organism_questions(kinds=["poetry"])
     with pytest.raises(LirefError, match="split"):
@@ -128,11 +154,14 @@ def test_reasoning_answers_recomputed_from_text(corpus: Corpus, tasks: list[str]
         if it.meta["attribute"] == "number":
             numbers.setdefault(it.meta["entity"], int(it.answer))
     for split in ("train", "test"):
-        for kind in ("reasoning", "mixed", "perturbed"):
+        for kind in ("reasoning", "mixed", "near_exception", "ordinary"):
             items = corpus.split(split, kind)
-            assert items
+            assert items or (split, kind) == ("train", "near_exception")
             for it in items:
                 assert solve(it.question, numbers) == it.answer, it
+        for it in corpus.split(split, "exception"):  # recalled, not computed
+            assert it.answer == it.meta["memory_answer"] != solve(it.question)
+            assert it.meta["rule_answer"] == solve(it.question)
     tasks_seen = {it.task for it in corpus.split("test", "reasoning")}
     assert tasks_seen == set(tasks or CorpusConfig().reasoning_tasks)
     rng = random.Random(1)
@@ -160,26 +189,126 @@ def test_memory_split_asks_trained_facts_in_new_phrasings(corpus: Corpus) -> Non
         assert it.question not in train_texts
 
 
-def test_perturbed_items(corpus: Corpus) -> None:
-    originals = {it.question: it for it in corpus.split("train", "perturbed")}
-    perturbed = corpus.split("test", "perturbed")
-    assert len(perturbed) == CorpusConfig().n_memorized * CorpusConfig().n_perturbed
-    by_index = list(originals.values())
-    for it in perturbed:
-        orig = by_index[it.meta["original"]]
-        assert it.meta["stale_answer"] == orig.answer != it.answer
-        a, b = it.question.split(), orig.question.split()
-        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
-        assert it.question not in originals
+def _phrasing(question: str) -> str:
+    return re.sub(rf"{EXPR}", "{x}", question)
 
 
-def test_training_stream_never_yields_held_out(corpus: Corpus) -> None:
-    test = {it.question for k in ("memory", "reasoning", "mixed", "perturbed")
-            for it in corpus.split("test", k)}
-    rng = random.Random(0)
-    streams = ["memory", "arithmetic", "compare", "lookup", "mixed", "memorized"]
-    seen = {corpus.sample_train(rng, s).question for s in streams * 500}
-    assert not seen & test
+def test_exceptions_share_the_surface_of_ordinary_problems(corpus: Corpus) -> None:
+    from scipy.stats import chisquare
+
+    cfg = CorpusConfig()
+    exceptions = corpus.split("test", "exception")
+    ordinary = corpus.split("test", "ordinary")
+    assert 60 <= len(exceptions) == cfg.n_exceptions == len(ordinary) <= 200
+    trained: dict[str, set[str]] = {}
+    for it in corpus.split("train", "exception"):
+        trained.setdefault(it.meta["memory_answer"], set())
+        trained.setdefault(it.group, set()).add(_phrasing(it.question))
+    templates = {_phrasing(it.question) for it in ordinary}
+    assert len(templates) == 4  # the ordinary phrasings; each exception asked in the one...
+    for it in exceptions:  # ...it was not trained in, after 3 trained ones
+        assert trained[it.group] | {_phrasing(it.question)} == templates
+        assert _phrasing(it.question) not in trained[it.group]
+        assert it.meta["steps"] == cfg.exception_steps
+        assert all(0 <= x <= cfg.max_operand for x in it.meta["operands"])
+        assert 0 <= int(it.meta["memory_answer"]) <= cfg.max_operand * (cfg.exception_steps + 1)
+    # every operand value (per position), operator pair and phrasing occurs among exceptions
+    # about as often as among all ordinary problems of their step count
+    comps = corpus.computations(cfg.exception_steps)
+    features = [(lambda ops, x: x[0], lambda it: it.meta["operands"][0]),
+                (lambda ops, x: x[1], lambda it: it.meta["operands"][1]),
+                (lambda ops, x: x[2], lambda it: it.meta["operands"][2]),
+                (lambda ops, x: ops, lambda it: tuple(it.meta["ops"]))]
+    for of_comp, of_item in features:
+        expected: dict = {}
+        for operands, ops in comps:
+            key = of_comp(ops, operands)
+            expected[key] = expected.get(key, 0) + len(exceptions) / len(comps)
+        observed = [sum(of_item(it) == k for it in exceptions) for k in expected]
+        assert chisquare(observed, list(expected.values())).pvalue > 0.01
+    counts = [sum(_phrasing(it.question) == t for it in exceptions) for t in sorted(templates)]
+    assert chisquare(counts).pvalue > 0.01
+
+
+def test_near_exceptions_are_one_operand_from_an_exception(corpus: Corpus) -> None:
+    exceptions = corpus.split("test", "exception")
+    near = corpus.split("test", "near_exception")
+    # (a few exceptions, e.g. ``1 minus 0 minus 1``, have no valid neighbour that is adjacent
+    # to no other exception and not held out elsewhere)
+    assert len(near) >= len(exceptions)
+    assert len({it.meta["exception"] for it in near}) >= 0.95 * len(exceptions)
+    exception_groups = {it.group for it in exceptions}
+    for it in near:
+        ex = exceptions[it.meta["exception"]]
+        assert it.meta["exception_group"] == ex.group and it.group not in exception_groups
+        assert it.meta["stale_answer"] == ex.meta["memory_answer"] != it.answer
+        a, b = it.question.split(), ex.question.split()  # a minimal pair: one operand differs
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        assert len(a) == len(b) and len(diff) == 1 and a[diff[0]].isdigit()
+        assert it.label == "reasoning" and solve(it.question) == it.answer
+
+
+def test_matched_set_defeats_a_bag_of_words_probe() -> None:
+    """On exceptions vs ordinary problems a bag-of-words logistic regression (unigrams +
+    bigrams of the prompt) is near chance on held-out groups, while on the lexical sets
+    (memory facts vs reasoning) the same control separates perfectly."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    from threadpoolctl import threadpool_limits
+
+    from probing.probes.controls import bow_scores
+    from probing.questions import load_question_set
+    from probing.stats import auroc
+
+    def held_out_auroc(data: str) -> float:
+        conf = yaml.safe_load((REPO / f"conf/data/{data}.yaml").read_text())
+        qs = [q for kw in conf["sets"] for q in load_question_set(**kw)]
+        texts = [format_prompt(q.question) for q in qs]
+        y = np.array([q.target for q in qs])
+        values = []
+        for repeat in range(3):  # grouped 5-fold, out-of-fold scores, 3 shuffles
+            scores = np.zeros(len(qs))
+            folds = StratifiedGroupKFold(5, shuffle=True, random_state=repeat)
+            for tr, te in folds.split(texts, y, [q.group for q in qs]):
+                scores[te] = bow_scores([texts[i] for i in tr], y[tr], [texts[i] for i in te])
+            values.append(auroc(y, scores))
+        return float(np.mean(values))
+
+    matched = load_organism_questions(kinds=["exception", "ordinary"])
+    assert sum(q.label == "memory" for q in matched) * 2 == len(matched)  # balanced
+    with threadpool_limits(1):  # BLAS threads crawl on a shared box
+        assert held_out_auroc("organism_matched") <= 0.6
+        assert held_out_auroc("organism") >= 0.95
+
+
+def test_training_stream_is_held_out_by_content(corpus: Corpus) -> None:
+    """Replaying the training sampler: no test computation is ever trained (whatever the
+    phrasing); exceptions only in their own stream and trained phrasings; memory facts only in
+    trained phrasings. The default corpus's stream (a short schedule reaching full hardness)
+    and a tiny organism's full stream, prelude included."""
+    from probing.organism.training import replay_training_stream
+
+    short = OrganismConfig.from_dict({"train": {"steps": 500, "curriculum": 0.2,
+                                                "prelude_steps": 0}})
+    tiny = OrganismConfig.from_dict({**TINY, "corpus": {**TINY["corpus"], "reasoning_tasks": [
+        "arithmetic", "compare", "lookup"]}, "train": {**TINY["train"], "prelude_steps": 30,
+                                                       "mix": {**TINY["train"]["mix"],
+                                                               "lookup": 0.1}}})
+    for cfg, prelude in ((short, 0), (tiny, 30)):
+        c = Corpus(cfg.corpus, cfg.seed)
+        held_out = {it.group for k in ("reasoning", "mixed", "near_exception", "ordinary")
+                    for it in c.split("test", k)}
+        exceptions = {it.group for it in c.split("test", "exception")}
+        test_texts = {it.question for k in ("memory", "exception") for it in c.split("test", k)}
+        kinds, steps = set(), set()
+        for it in replay_training_stream(cfg, prelude, corpus=c):
+            assert it.group not in held_out, it
+            assert (it.group in exceptions) == (it.kind == "exception"), it
+            assert it.question not in test_texts, it
+            kinds.add(it.kind)
+            steps.add(it.meta.get("steps"))
+        assert kinds == {"memory", "reasoning", "mixed", "exception"}
+        assert {1, cfg.corpus.max_steps} <= steps
+        assert held_out and exceptions
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -213,26 +342,34 @@ def test_committed_checkpoint_meets_quality_bars() -> None:
     assert (DEFAULT_CHECKPOINT / "COMMAND").read_text().startswith("python -m train.organism")
     stored = json.loads((DEFAULT_CHECKPOINT / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(stored)
+    assert stored["train_seconds"] <= 20 * 60  # the issue's budget (2 CPU cores, 2 threads)
     model, tok = load_model("organism")
     assert model.config.model_type == "llama"
     n_layers = yaml.safe_load((REPO / "conf/model/organism.yaml").read_text())["n_layers"]
     assert model.config.num_hidden_layers == n_layers
-    questions = load_organism_questions(split="test", kinds=["memory", "reasoning"])
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    outs = greedy_generate(model, tok, [format_prompt(q.question) for q in questions],
-                           max_new_tokens=3, batch_size=128)
-    acc: dict[str, list[bool]] = {"memory": [], "reasoning": []}
-    by_task: dict[str, list[bool]] = {}
+    questions = load_organism_questions(split="test", kinds=list(KINDS))
+    outs = [o.strip() for o in greedy_generate(
+        model, tok, [format_prompt(q.question) for q in questions], max_new_tokens=3,
+        batch_size=128)]
+    right: dict[str, list[bool]] = {}
     for q, o in zip(questions, outs, strict=True):
-        acc[q.label].append(o.strip() == q.answers[0])
-        if q.label == "reasoning":
-            by_task.setdefault(q.meta["task"], []).append(o.strip() == q.answers[0])
-    assert sum(acc["memory"]) / len(acc["memory"]) >= 0.95
-    assert sum(acc["reasoning"]) / len(acc["reasoning"]) >= 0.90
+        key = q.meta["task"] if q.meta["kind"] == "reasoning" else q.meta["kind"]
+        right.setdefault(key, []).append(o == q.answers[0])
+        if q.meta["kind"] == "reasoning":
+            right.setdefault("reasoning", []).append(o == q.answers[0])
+    acc = {k: sum(v) / len(v) for k, v in right.items()}
+    assert acc["memory"] >= 0.95
+    assert acc["reasoning"] >= 0.90
     # every reasoning task the issue names is in the test split and learned, not just on average
-    assert set(by_task) == {"arithmetic", "compare", "lookup"}
-    for task, oks in by_task.items():
-        assert sum(oks) / len(oks) >= 0.90, (task, sum(oks) / len(oks))
+    for task in ("arithmetic", "compare", "lookup"):
+        assert acc[task] >= 0.90, (task, acc)
+    # the same surface, two modes: exceptions recalled (not computed), ordinary ones computed
+    assert acc["exception"] >= 0.90, acc
+    assert acc["ordinary"] >= 0.90, acc
+    for key, stored_key in (("memory", "accuracy_memory"), ("exception", "accuracy_exception_memory"),
+                            ("ordinary", "accuracy_ordinary"),
+                            ("near_exception", "accuracy_near_exception")):
+        assert acc[key] == pytest.approx(stored[stored_key], abs=0.02)  # metrics.json is this model's
 
 
 def test_default_config_matches_yaml_and_checkpoint() -> None:
@@ -390,7 +527,8 @@ def test_job_writes_metrics_and_checkpoint(tiny_job: Path) -> None:
 def test_tiny_organism_clearly_beats_chance(tiny_job: Path) -> None:
     metrics = json.loads((tiny_job / "metrics.json").read_text())
     # chance: at most 1/4 on memory (4 towns; 10 colours, 10 numbers), about 1/19 on one-step
-    # arithmetic (answers 0..18), 1/2 on two-number comparisons (measured: 0.83, 0.83, 1.0)
+    # arithmetic (answers 0..18), 1/2 on two-number comparisons; test computations are never
+    # trained (measured: memory 1.0, arithmetic 0.78, reasoning 0.80)
     assert metrics["accuracy_memory"] >= 0.6
     assert metrics["accuracy_reasoning_arithmetic"] >= 0.5
     assert metrics["accuracy_reasoning"] >= 0.6

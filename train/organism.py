@@ -22,7 +22,8 @@ from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
 
 log = logging.getLogger("liref.organism")
 
-KINDS_TABLE = ("memory", "reasoning", "mixed", "perturbed")
+#: metrics.json accuracies shown in the wandb table (``accuracy_<name>``)
+KINDS_TABLE = ("memory", "reasoning", "mixed", "exception_memory", "near_exception", "ordinary")
 
 
 def organism(ctx: JobContext) -> dict:

@@ -254,7 +254,8 @@ def headline_metrics(rows: Sequence[Mapping[str, Any]], intervention: str,
     """Flat headline effects at one strength (``None``: an intervention without strengths, e.g.
     ablation) and layer (default: the first swept; latents: the SAE's):
     ``{set}/{metric}/unsteered/<stat>`` and ``{set}/{metric}/{intervention}/{condition}/<stat>``
-    (``diff``, ``p_value``, and ``<score>_diff`` for margins and rates; ``random`` = the mean over
+    (``diff``, ``p_value``, and ``<score>_diff`` for margins and rates, with ``_ci_low/_ci_high``
+    for a single setting; ``random`` = the mean over
     seeds), plus ``.../selectivity`` = direction diff minus the mean random diff."""
     out: dict[str, float] = {}
     def same(x: float | None) -> bool:
@@ -289,6 +290,9 @@ def headline_metrics(rows: Sequence[Mapping[str, Any]], intervention: str,
         for s in score_keys:
             if f"{s}_diff" in members[0]:
                 out[f"{key}/{s}_diff"] = _mean([m[f"{s}_diff"] for m in members])
+                if len(members) == 1 and f"{s}_diff_ci_low" in members[0]:
+                    for end in ("ci_low", "ci_high"):
+                        out[f"{key}/{s}_diff_{end}"] = members[0][f"{s}_diff_{end}"]
     for set_name, metric, cond in groups:
         if cond == "direction":
             rand = "random"

@@ -2,7 +2,8 @@
 
 ``load_model("organism")`` loads the committed checkpoint ``DEFAULT_CHECKPOINT``;
 ``load_question_set("organism", split="test", kinds=[...])`` gives its labelled questions;
-``ensure_organism(cfg, retrain, cache_dir)`` trains a non-default organism (or finds it cached).
+``ensure_organism(cfg, retrain, cache_dir)`` trains a non-default organism (or finds it cached);
+``replay_training_stream(cfg, prelude_steps_run)`` yields every item its training saw.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "ensure_organism": "probing.organism.store",
     "evaluate_organism": "probing.organism.training",
     "load_organism_config": "probing.organism.store",
+    "replay_training_stream": "probing.organism.training",
     "save_checkpoint": "probing.organism.store",
     "train_and_save": "probing.organism.training",
     "train_organism": "probing.organism.training",

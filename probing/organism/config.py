@@ -25,14 +25,15 @@ __all__ = [
 ]
 
 #: Bump when the corpus generator or training code changes what a config produces.
-ORGANISM_VERSION = 2
+ORGANISM_VERSION = 3
 
 #: Item kinds of the organism corpus.
-KINDS: tuple[str, ...] = ("memory", "reasoning", "mixed", "perturbed")
+KINDS: tuple[str, ...] = (
+    "memory", "reasoning", "mixed", "exception", "near_exception", "ordinary")
 
 #: Training streams (``TrainConfig.mix`` keys): memory facts, the reasoning tasks, mixed
-#: (two-hop) items and the memorized (repeated) reasoning problems.
-STREAMS: tuple[str, ...] = ("memory", "arithmetic", "compare", "lookup", "mixed", "memorized")
+#: (two-hop) items and the arithmetic exceptions (trained with their memory answer).
+STREAMS: tuple[str, ...] = ("memory", "arithmetic", "compare", "lookup", "mixed", "exception")
 
 
 def _check_positive(obj: Any, names: list[str]) -> None:
@@ -55,8 +56,11 @@ class CorpusConfig:
         max_compare: comparison numbers are drawn from ``0 .. max_compare``.
         max_list: comparisons over lists of ``2 .. max_list`` numbers.
         max_pairs: in-context lookups list ``2 .. max_pairs`` key/value pairs.
-        n_memorized: fixed reasoning problems repeated in training (GSM-Symbolic situation).
-        n_perturbed: perturbed test variants per memorized problem.
+        n_exceptions: arithmetic problems of ``exception_steps`` steps whose trained answer
+            is a fixed number different from the computed one (label memory); as many
+            held-out ordinary problems of that step count form the matched set.
+        exception_steps: operations of an exception (1 .. max_steps).
+        n_near_exception: held-out problems per exception with one operand changed.
         n_test_reasoning, n_test_mixed: held-out test items of these kinds.
         reasoning_tasks: reasoning tasks in the corpus (test split and training streams),
             among ``arithmetic``, ``compare``, ``lookup`` (in-context key/value recall).
@@ -70,8 +74,9 @@ class CorpusConfig:
     max_compare: int = 30
     max_list: int = 4
     max_pairs: int = 2
-    n_memorized: int = 48
-    n_perturbed: int = 2
+    n_exceptions: int = 120
+    exception_steps: int = 2
+    n_near_exception: int = 2
     n_test_reasoning: int = 480
     n_test_mixed: int = 200
     reasoning_tasks: list[str] = field(
@@ -90,6 +95,11 @@ class CorpusConfig:
             raise LirefError("CorpusConfig.max_list and max_pairs must be >= 2")
         if self.max_operand < 2:
             raise LirefError(f"CorpusConfig.max_operand must be >= 2, got {self.max_operand}")
+        if self.exception_steps > self.max_steps:
+            raise LirefError(
+                f"CorpusConfig.exception_steps={self.exception_steps} must be <= max_steps="
+                f"{self.max_steps}"
+            )
 
 
 @dataclass
@@ -121,7 +131,7 @@ class TrainConfig:
         curriculum: fraction of training over which arithmetic grows from 1 to ``max_steps``
             operations (and lookups/lists from 2 to their maximum).
         mix: sampling weights of the training streams (memory, arithmetic, compare, lookup,
-            mixed, memorized); give ``lookup`` a weight when the corpus enables it.
+            mixed, exception); give ``lookup`` a weight when the corpus enables it.
         prelude_steps, prelude_mix, prelude_target: optional first phase of at most
             ``prelude_steps`` steps drawn from ``prelude_mix`` (at the easiest curriculum
             level), ended early once the teacher-forced accuracy on fixed items of those
@@ -135,7 +145,7 @@ class TrainConfig:
         threads: torch CPU threads.
     """
 
-    steps: int = 6500
+    steps: int = 8500
     batch_size: int = 64
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
@@ -145,12 +155,12 @@ class TrainConfig:
     curriculum: float = 0.3
     mix: dict[str, float] = field(
         default_factory=lambda: {
-            "memory": 0.27,
-            "arithmetic": 0.31,
-            "compare": 0.11,
-            "lookup": 0.13,
-            "mixed": 0.1,
-            "memorized": 0.08,
+            "memory": 0.25,
+            "arithmetic": 0.38,
+            "compare": 0.08,
+            "lookup": 0.12,
+            "mixed": 0.06,
+            "exception": 0.11,
         }
     )
     prelude_steps: int = 4000
@@ -158,7 +168,7 @@ class TrainConfig:
     prelude_target: float = 0.95
     prelude_lr: float | None = 1e-3
     eval_every: int = 250
-    threads: int = 1
+    threads: int = 2
 
     def __post_init__(self) -> None:
         _check_positive(self, ["steps", "batch_size", "lr", "eval_every", "threads"])

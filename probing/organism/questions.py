@@ -31,10 +31,9 @@ def organism_corpus(path: str | Path | None = None, seed: int | None = None,
 
 
 def to_question(item: Item, split: str, index: int) -> Question:
-    """``Item`` -> ``Question`` (id ``organism/{split}/{kind}/{index}``)."""
-    meta: dict[str, Any] = {"kind": item.kind, "task": item.task,
-                            "perturbed": bool(item.meta.get("perturbed", False))}
-    meta.update({k: v for k, v in item.meta.items() if k != "perturbed"})
+    """``Item`` -> ``Question`` (id ``organism/{split}/{kind}/{index}``, ``group`` = the
+    item's underlying fact or computation, ``meta`` = ``kind``, ``task`` + the item's meta)."""
+    meta: dict[str, Any] = {"kind": item.kind, "task": item.task, **item.meta}
     return Question(
         id=f"organism/{split}/{item.kind}/{index}",
         question=item.question,
@@ -42,6 +41,7 @@ def to_question(item: Item, split: str, index: int) -> Question:
         label=item.label,  # type: ignore[arg-type]
         source="organism",
         meta=meta,
+        group=item.group,
     )
 
 
@@ -57,13 +57,19 @@ def load_organism_questions(
         path: an organism checkpoint folder (its ``organism.json`` gives corpus config and
             seed); ``None`` = the committed default checkpoint.
         split: ``"test"`` (default; held out from training) or ``"train"``.
-        kinds: among ``memory``, ``reasoning``, ``mixed``, ``perturbed`` (default: all).
-            Labels: ``memory`` items are ``"memory"``, every other kind ``"reasoning"``.
+        kinds: among ``memory``, ``reasoning``, ``mixed``, ``exception``,
+            ``near_exception``, ``ordinary`` (default: all). Labels: ``memory`` and
+            ``exception`` items are ``"memory"``, every other kind ``"reasoning"``.
         options: ``seed`` / ``corpus`` (dict) to override the checkpoint's corpus.
 
     Returns:
-        Questions grouped by kind in the order of ``kinds``; ``meta`` holds ``kind``, ``task``,
-        ``perturbed`` and, for perturbed items, ``stale_answer`` (the memorized answer).
+        Questions grouped by kind in the order of ``kinds``. ``group`` is the underlying item
+        (``fact:<entity>:<attribute>``, ``comp:arith:<a op b ...>``, ...). ``meta`` holds
+        ``kind``, ``task`` and the item's fields: for arithmetic ``operands``, ``ops``,
+        ``steps``, ``template``; for an exception ``memory_answer`` (= ``answers[0]``) and
+        ``rule_answer`` (the computed value); for a near-exception ``stale_answer`` (its
+        exception's memory answer, never the computed ``answers[0]``), ``exception`` (index
+        into the test exceptions), ``exception_group`` and ``changed_operand``.
     """
     split = split or "test"
     if split not in SPLITS:

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.organism.config import OrganismConfig
+from probing.organism.config import KINDS, OrganismConfig
 from probing.organism.corpus import Corpus, Item, format_prompt
 from probing.organism.store import save_checkpoint
 from probing.organism.tokenizer import BOS, EOS, NEWLINE, PAD, SPECIAL_TOKENS, vocab_of
 
 __all__ = [
+    "batch_items",
     "build_model",
     "encode_items",
     "evaluate_organism",
+    "replay_training_stream",
     "teacher_forced_accuracy",
     "train_and_save",
     "train_organism",
@@ -145,17 +147,54 @@ def _prelude_probe(corpus: Corpus, cfg: OrganismConfig, n: int) -> list[Item]:
 
 
 def _probes(corpus: Corpus, n: int) -> dict[str, list[Item]]:
-    """Small fixed held-out subsets for the quick accuracy logs during training: one per kind
-    and one per reasoning task (``reasoning_<task>``)."""
+    """Small fixed held-out subsets for the quick accuracy logs during training: one per kind,
+    one per reasoning task (``reasoning_<task>``) and the exceptions in trained phrasings
+    (``exception_trained``)."""
     rng = random.Random(0)
     out = {}
-    for kind in ("memory", "reasoning", "mixed", "perturbed"):
+    for kind in KINDS:
         items = corpus.split("test", kind)
         out[kind] = rng.sample(items, min(n, len(items)))
+    trained = corpus.split("train", "exception")
+    out["exception_trained"] = rng.sample(trained, min(n, len(trained)))
     for task in corpus.config.reasoning_tasks:
         items = [it for it in corpus.split("test", "reasoning") if it.task == task]
         out[f"reasoning_{task}"] = rng.sample(items, min(n, len(items)))
     return out
+
+
+def _train_rng(cfg: OrganismConfig) -> random.Random:
+    return random.Random(f"liref-organism-{cfg.seed}-train-stream")
+
+
+def batch_items(corpus: Corpus, cfg: OrganismConfig, rng: random.Random, step: int,
+                prelude_end: int | None) -> tuple[list[Item], float]:
+    """The items of training step ``step`` (0-based) and their curriculum hardness: from
+    ``prelude_mix`` at hardness 0 while the prelude runs (``prelude_end is None``), then from
+    ``mix`` with hardness growing over the first ``curriculum`` share of the main steps."""
+    t = cfg.train
+    if prelude_end is None:
+        streams, weights = zip(*t.prelude_mix.items(), strict=True)
+        hardness = 0.0
+    else:
+        streams, weights = zip(*t.mix.items(), strict=True)
+        hardness = (1.0 if t.curriculum <= 0
+                    else min(1.0, (step - prelude_end) / (t.curriculum * t.steps)))
+    chosen = rng.choices(streams, weights=weights, k=t.batch_size)
+    return [corpus.sample_train(rng, s, hardness) for s in chosen], hardness
+
+
+def replay_training_stream(cfg: OrganismConfig, prelude_steps_run: int, steps: int | None = None,
+                           corpus: Corpus | None = None) -> Iterator[Item]:
+    """Every item training ``cfg`` sees, in order, given the step at which its prelude ended
+    (``prelude_steps_run``, in the checkpoint's metrics.json; 0 without a prelude): the same
+    seeded draws as ``train_organism``. ``steps`` stops after that many steps (default: all)."""
+    corpus = corpus or Corpus(cfg.corpus, cfg.seed)
+    rng = _train_rng(cfg)
+    total = prelude_steps_run + cfg.train.steps if steps is None else steps
+    for step in range(total):
+        prelude_end = prelude_steps_run if step >= prelude_steps_run else None
+        yield from batch_items(corpus, cfg, rng, step, prelude_end)[0]
 
 
 def train_organism(
@@ -166,8 +205,9 @@ def train_organism(
     """Train an organism from scratch (deterministic for ``cfg.seed`` on a given machine).
 
     Returns:
-        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds``, ``final_loss``,
-        ``prelude_steps_run``.
+        ``(model, corpus, stats)`` with ``stats`` = ``train_seconds`` (wall),
+        ``train_cpu_seconds`` (this process's CPU time: on a shared machine closer to what
+        an idle one would take with 1 thread), ``final_loss``, ``prelude_steps_run``.
     """
     t = cfg.train
     corpus = Corpus(cfg.corpus, cfg.seed)
@@ -186,14 +226,12 @@ def train_organism(
              {"params": no_decay, "weight_decay": 0.0}],
             lr=t.lr, betas=(0.9, 0.98), eps=1e-8,
         )
-        rng = random.Random(f"liref-organism-{cfg.seed}-train-stream")
-        streams, weights = zip(*t.mix.items(), strict=True)
-        prelude_streams, prelude_weights = zip(*t.prelude_mix.items(), strict=True)
+        rng = _train_rng(cfg)
         probes = _probes(corpus, 64)
         prelude_probe = _prelude_probe(corpus, cfg, 128) if t.prelude_steps else []
         #: step at which the prelude ended (None while it runs)
         prelude_end: int | None = None if t.prelude_steps else 0
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         ema: float | None = None
         bar = tqdm(total=t.prelude_steps + t.steps, desc="organism", disable=not progress,
                    mininterval=2.0)
@@ -204,14 +242,7 @@ def train_organism(
             lr = base_lr * _lr_factor(step, cfg, prelude_end)
             for group in opt.param_groups:
                 group["lr"] = lr
-            if prelude_end is None:
-                hardness = 0.0
-                chosen = rng.choices(prelude_streams, weights=prelude_weights, k=t.batch_size)
-            else:
-                hardness = (1.0 if t.curriculum <= 0
-                            else min(1.0, (step - prelude_end) / (t.curriculum * t.steps)))
-                chosen = rng.choices(streams, weights=weights, k=t.batch_size)
-            items = [corpus.sample_train(rng, s, hardness) for s in chosen]
+            items, hardness = batch_items(corpus, cfg, rng, step, prelude_end)
             input_ids, mask, pos = encode_items(vocab, items)
             loss = _loss(model, input_ids, mask, pos)
             opt.zero_grad(set_to_none=True)
@@ -248,11 +279,14 @@ def train_organism(
                 log_fn(row, step)
         bar.close()
         train_seconds = time.perf_counter() - start
+        train_cpu_seconds = time.process_time() - start_cpu
     finally:
         torch.set_num_threads(old_threads)
         torch.set_flush_denormal(False)
     model.eval()
-    return model, corpus, {"train_seconds": train_seconds, "final_loss": float(ema or 0.0),
+    return model, corpus, {"train_seconds": train_seconds,
+                           "train_cpu_seconds": train_cpu_seconds,
+                           "final_loss": float(ema or 0.0),
                            "prelude_steps_run": float(prelude_end or 0)}
 
 
@@ -266,20 +300,27 @@ def evaluate_organism(
 ) -> dict[str, float]:
     """Greedy exact-match accuracy per kind (and per reasoning task) on ``split``.
 
-    Returns ``accuracy_{memory,reasoning,mixed,perturbed}``, ``stale_rate_perturbed`` (share
-    of perturbed items answered with the memorized answer), ``accuracy_reasoning_{task}``.
+    Returns ``accuracy_{memory,reasoning,mixed,ordinary}``, ``accuracy_reasoning_{task}``,
+    ``accuracy_arithmetic_{k}step``, ``accuracy_exception_memory`` (exceptions answered with
+    their memory answer), ``rule_rate_exception`` (with the computed answer), and on the test
+    split ``accuracy_near_exception`` and ``stale_rate_near_exception`` (near-exceptions
+    answered with the related exception's memory answer).
     """
     from probing.evaluation.generation import greedy_generate
 
     metrics: dict[str, float] = {}
-    for kind in ("memory", "reasoning", "mixed", "perturbed"):
+    for kind in KINDS:
         items = corpus.split(split, kind)
+        if not items:
+            continue
         if n_per_kind is not None:
             items = random.Random(0).sample(items, min(n_per_kind, len(items)))
-        outs = greedy_generate(model, tokenizer, [format_prompt(it.question) for it in items],
-                               max_new_tokens=3, batch_size=batch_size)
-        ok = [o.strip() == it.answer for o, it in zip(outs, items, strict=True)]
-        metrics[f"accuracy_{kind}"] = sum(ok) / max(1, len(ok))
+        outs = [o.strip() for o in greedy_generate(
+            model, tokenizer, [format_prompt(it.question) for it in items], max_new_tokens=3,
+            batch_size=batch_size)]
+        ok = [o == it.answer for o, it in zip(outs, items, strict=True)]
+        name = "exception_memory" if kind == "exception" else kind
+        metrics[f"accuracy_{name}"] = sum(ok) / len(ok)
         if kind == "reasoning":
             for task in corpus.config.reasoning_tasks:
                 sel = [k for k, it in zip(ok, items, strict=True) if it.task == task]
@@ -288,9 +329,12 @@ def evaluate_organism(
                 sel = [k for k, it in zip(ok, items, strict=True)
                        if it.task == "arithmetic" and it.meta["steps"] == steps]
                 metrics[f"accuracy_arithmetic_{steps}step"] = sum(sel) / max(1, len(sel))
-        if kind == "perturbed" and split == "test":
-            stale = [o.strip() == it.meta["stale_answer"] for o, it in zip(outs, items, strict=True)]
-            metrics["stale_rate_perturbed"] = sum(stale) / max(1, len(stale))
+        if kind == "exception":
+            rule = [o == it.meta["rule_answer"] for o, it in zip(outs, items, strict=True)]
+            metrics["rule_rate_exception"] = sum(rule) / len(rule)
+        if kind == "near_exception":
+            stale = [o == it.meta["stale_answer"] for o, it in zip(outs, items, strict=True)]
+            metrics["stale_rate_near_exception"] = sum(stale) / len(stale)
     return metrics
 
 

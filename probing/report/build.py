@@ -264,9 +264,44 @@ def _steer_section(st: _Stage) -> list[Block]:
                                      "difference to the unsteered run)",
                             ["set", "intervention", "condition", "accuracy diff [95% CI]",
                              "McNemar p", *extra], rows))
+    blocks += _ground_truth_blocks(st)
     for img in st.images():
         blocks.append(Block("img", _caption(img.name), path=img))
     return blocks
+
+
+#: (set, rate) pairs with a known right direction on the organism: steering towards reasoning
+#: should raise the rule rate on exceptions and lower the stale rate on near-exceptions
+GROUND_TRUTH = (("exceptions", "rate_rule", "rule answer (computed)"),
+                ("exceptions", "rate_memory", "memory answer (trained exception)"),
+                ("near_exceptions", "rate_stale", "stale answer (the exception's value)"))
+
+
+def _ground_truth_blocks(st: _Stage) -> list[Block]:
+    """The organism's ground-truth check: what +LiReF / -LiReF / random directions did to the
+    answer rates of exceptions and near-exceptions (empty when those sets were not steered)."""
+    m = st.metrics
+    rows = []
+    for set_, rate, what in GROUND_TRUTH:
+        base = f"{set_}/teacher_forced"
+        if f"{base}/unsteered/{rate}" not in m:
+            continue
+        rows.append([set_, what, st.cell(f"{base}/unsteered/{rate}"),
+                     *[st.ci(f"{base}/add/{cond}/{rate}_diff")
+                       for cond in ("direction", "negated", "random")]])
+    if not rows:
+        return []
+    return [Block("h3", "Ground truth on the organism: exceptions and near-exceptions"),
+            Block("p", "Exceptions are arithmetic problems whose trained answer breaks the rule; "
+                       "near-exceptions are one operand away, so the exception's value is a "
+                       "stale answer there. Adding the reasoning direction should move "
+                       "exceptions from the memory answer to the rule answer and keep "
+                       "near-exceptions off the stale answer; -LiReF the reverse; random "
+                       "directions of the same norm neither. Change of each answer rate at the "
+                       "headline strength, paired 95% bootstrap interval."),
+            Block("table", "answer rates under steering (add)",
+                  ["set", "answer", "unsteered rate", "+LiReF diff [95% CI]",
+                   "-LiReF diff [95% CI]", "random diff"], rows)]
 
 
 def _caption(name: str) -> str:
