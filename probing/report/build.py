@@ -248,8 +248,8 @@ def _steer_section(st: _Stage) -> list[Block]:
                              for s_, met in base]))
     groups = sorted({(k[0], k[1], k[2]) for k in effects})
     extra = sorted({stat for stats in effects.values() for stat in stats
-                    if stat.endswith("_diff") and (stat.startswith("rate_") or
-                                                   stat.startswith("margin"))})
+                    if stat.endswith("_diff") and stat.startswith(("rate_", "margin",
+                                                                   "logp_gold"))})
     rows = []
     for set_, metric, intervention in groups:
         conds = sorted({k[3] for k in effects if k[:3] == (set_, metric, intervention)},
