@@ -119,6 +119,10 @@ def pipeline(ctx: JobContext) -> dict[str, Any]:
         if missing:
             raise LirefError(f"stage {name!r} reads the outputs of {missing}; add them to "
                              f"stages (allowed order: {list(STAGES)})")
+    if "steer" in order:
+        from analysis.steer import check_steer_sets
+
+        check_steer_sets(str(cfg.model.name), plain(cfg.steer.sets))
     write_environment(ctx.run_dir)
     model_key = model_source_key(plain(cfg.model))
     reuse = bool(cfg.get("reuse_stages", True))

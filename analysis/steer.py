@@ -41,6 +41,20 @@ def fitted_ids(probe_dir: str) -> set[str]:
     return {i for fold in split.get("test_folds", []) for i in fold}
 
 
+def check_steer_sets(model_name: str, sets: Any) -> None:
+    """The organism's question sets need the organism: a real model gets one clear error
+    (before any stage of a pipeline runs) naming the steer configs that fit it."""
+    named = [s.get("set") or s.get("name") for s in (sets or []) if s.get("name") == "organism"]
+    from pathlib import Path
+
+    organism = model_name == "organism" or Path(model_name, "organism.json").is_file()
+    if named and not organism:
+        raise LirefError(f"steer sets {named} ask the organism's synthetic questions, but "
+                         f"model is {model_name!r}; for a real model use steer=benchmarks_cpu "
+                         "(teacher-forced, CPU) or steer=benchmarks (generation), or "
+                         "--config-name study_smollm2")
+
+
 def _eval_sets(ctx: JobContext, model: Any, tok: Any) -> list:
     from probing.evaluation.sweep import build_eval_set
     from probing.workflow import organism_checkpoint, prompt_template
@@ -50,6 +64,7 @@ def _eval_sets(ctx: JobContext, model: Any, tok: Any) -> list:
     specs = plain(cfg.steer.sets) or []
     if not specs:
         raise LirefError("steer.sets is empty: name at least one question set")
+    check_steer_sets(str(cfg.model.name), specs)
     exclude = fitted_ids(cfg.probe_dir)  # held out from the direction, as every figure is
     return [build_eval_set(spec, template, tok, organism_checkpoint(model),
                            cfg.steer.get("n_per_set"), cfg.seed, exclude) for spec in specs]

@@ -53,6 +53,13 @@ def test_pipeline_rejects_unknown_stage(tmp_path):
                       "stages=[sae]", cwd=tmp_path)
     assert proc.returncode == 2
     assert "stage 'sae' reads the outputs of ['probe']" in proc.stderr
+    # a real model with the organism's steering sets: one error before any stage runs
+    proc = run_module("analysis.pipeline", "model=local", f"model.name={model}",
+                      "data=local_file", f"data.sets.0.path={questions}", "logger=disabled",
+                      cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "ask the organism's synthetic questions" in proc.stderr
+    assert "steer=benchmarks_cpu" in proc.stderr and not list(tmp_path.glob("outputs/*/*/probe"))
 
 
 def test_pipeline_stages_share_one_loaded_model(tmp_path, monkeypatch):
