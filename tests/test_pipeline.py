@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from probing.probes.estimators import load_probe
 from probing.results import latest_run
 from probing.sae.training import load_sae
 from tests.conftest import STUDY_OVERRIDES
-from tests.job_fixtures import run_module, write_questions
+from tests.job_fixtures import REPO, run_module, write_questions
 from tests.tiny_models import save_tiny_model
 
 
@@ -56,10 +58,43 @@ def test_pipeline_rejects_unknown_stage(tmp_path):
     # a real model with the organism's steering sets: one error before any stage runs
     proc = run_module("analysis.pipeline", "model=local", f"model.name={model}",
                       "data=local_file", f"data.sets.0.path={questions}", "logger=disabled",
-                      cwd=tmp_path)
+                      "steer=organism", cwd=tmp_path)
     assert proc.returncode == 2
     assert "ask the organism's synthetic questions" in proc.stderr
     assert "steer=benchmarks_cpu" in proc.stderr and not list(tmp_path.glob("outputs/*/*/probe"))
+
+
+@pytest.mark.parametrize(("overrides", "metric", "sets", "corpus"), [
+    ([], "teacher_forced", ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary"],
+     "organism"),
+    (["data=organism_matched"], "teacher_forced",
+     ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary"], "organism"),
+    (["model=smollm2_135m", "data=paper_local"], "teacher_forced", ["gsm8k", "popqa"],
+     "benchmarks"),
+    (["model=llama3_8b", "data=mmlu_pro"], "generate", ["gsm8k", "mgsm", "mmlu_pro", "popqa"],
+     "benchmarks"),
+    (["data=local_file", "data.sets.0.path=/q.jsonl"], "teacher_forced", ["jsonl"], "questions"),
+    (["data=paper_local", "steer=organism", "corpus=organism"], "teacher_forced",
+     ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary"], "organism"),
+])
+def test_pipeline_steers_on_the_sets_that_fit_its_data(overrides, metric, sets, corpus):
+    """``steer`` and ``corpus`` default to ``conf/{steer,corpus}/<data>.yaml``; an explicit
+    choice wins."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("pipeline", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} in the sets' paths
+    try:
+        steer = OmegaConf.to_container(cfg.steer, resolve=True)
+        source = OmegaConf.to_container(cfg.corpus, resolve=True)["source"]
+    finally:
+        HydraConfig.instance().cfg = None
+    assert steer["metric"] == metric
+    assert [s.get("set") or s["name"] for s in steer["sets"]] == sets
+    assert source == corpus
 
 
 def test_pipeline_stages_share_one_loaded_model(tmp_path, monkeypatch):
