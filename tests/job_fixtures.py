@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +31,42 @@ def run_module(module: str, *overrides: str, cwd: Path, timeout: int = 300,
                 "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_main_in_process(module: str, args: list[str], cwd: Path, monkeypatch: Any,
+                        capsys: Any, cache: Path | None = None,
+                        env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Call ``module``'s ``@hydra.main`` in this process (no interpreter start-up) with
+    command-line ``args``, in ``cwd``, cache in ``cache`` (default ``cwd / "cache"``):
+    ``(exit status, stderr)``, 0 when it returns normally. Hydra configures the root logger and
+    its config singleton for its jobs; both are given back to pytest afterwards."""
+    import importlib
+    import logging
+
+    main = importlib.import_module(module).main
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("LIREF_CACHE", str(cache or cwd / "cache"))
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capsys.readouterr()
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().cfg = None  # no later test may think it runs in this job
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+    return code, capsys.readouterr().err

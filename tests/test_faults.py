@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import multiprocessing
 import os
 import signal
@@ -37,7 +36,7 @@ from probing.activations.tokens import (
 )
 from probing.errors import LirefError
 from probing.models import decoder_layers
-from tests.job_fixtures import write_questions
+from tests.job_fixtures import run_main_in_process, write_questions
 from tests.tiny_models import PROMPTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -313,35 +312,9 @@ def test_sae_folder_appears_atomically(tmp_path, monkeypatch):
 # --- a multirun where one job fails ------------------------------------------------------------
 def _hydra_main(module: str, args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch,
                 capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run a job's ``@hydra.main`` in this process (no interpreter start-up) with command-line
-    ``args``; ``(exit status, stderr)``."""
-    import importlib
-
-    main = importlib.import_module(module).main
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("LIREF_CACHE", str(cwd / "cache"))
-    monkeypatch.setattr(sys, "argv", [module, *args])
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:  # Hydra configures the root logger for its jobs; give pytest's back
-        from hydra.core.hydra_config import HydraConfig
-
-        HydraConfig.instance().cfg = None  # no later test may think it runs in this multirun
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)
-    return code, capsys.readouterr().err
+    """Run a job's ``@hydra.main`` in this process with command-line ``args``;
+    ``(exit status, stderr)``."""
+    return run_main_in_process(module, args, cwd, monkeypatch, capsys)
 
 
 def test_multirun_goes_on_past_a_failing_job(tmp_path, tiny_model_dir, monkeypatch, capsys):

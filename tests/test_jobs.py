@@ -10,9 +10,7 @@ no interpreter start-up) and check the exit code and the one ``error:`` line on 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from probing.activations.cache import ActivationCache
 from probing.errors import LirefError
 from probing.probes.estimators import load_probe
 from probing.tracking import read_offline_run
-from tests.job_fixtures import REPO, run_module, write_questions
+from tests.job_fixtures import REPO, run_main_in_process, run_module, write_questions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LAYERS = "layers=[0,2]"
@@ -342,28 +340,8 @@ def _run_in_process(module: str, overrides: list[str], work: Work,
                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                     ) -> tuple[int, str]:
     """Call the job's ``@hydra.main`` entry point with ``overrides``; ``(exit code, stderr)``."""
-    import importlib
-
-    main = importlib.import_module(module).main
-    monkeypatch.chdir(work.root)
-    monkeypatch.setenv("LIREF_CACHE", str(work.cache))
-    monkeypatch.setattr(sys, "argv", [module, *overrides])
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    capsys.readouterr()
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:  # Hydra configures the root logger for its job; give pytest's back
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)
-    return int(exc.value.code), capsys.readouterr().err
+    return run_main_in_process(module, overrides, work.root, monkeypatch, capsys,
+                               cache=work.cache)
 
 
 def _write_bad_files(folder: Path, good: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from probing.sae.match_run import LATENT_COLUMNS
 from probing.sae.matching import load_match
 from probing.sae.training import save_sae
 from probing.tracking import read_offline_run
-from tests.job_fixtures import run_module, write_questions
+from tests.job_fixtures import run_main_in_process, run_module, write_questions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -179,30 +177,8 @@ def _in_process(overrides: list[str], root: Path, monkeypatch: pytest.MonkeyPatc
                 capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """Call ``analysis.match``'s Hydra entry point in this process: ``(exit code, stderr)``
     (0 when it returns normally)."""
-    from analysis.match import main
-
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("LIREF_CACHE", str(root / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(sys, "argv", ["analysis.match", *overrides])
-    log_root = logging.getLogger()
-    handlers, level = log_root.handlers[:], log_root.level
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        for handler in log_root.handlers[:]:
-            if handler not in handlers:
-                log_root.removeHandler(handler)
-                handler.close()
-        for handler in handlers:
-            if handler not in log_root.handlers:
-                log_root.addHandler(handler)
-        log_root.setLevel(level)
-    return code, capsys.readouterr().err
+    return run_main_in_process("analysis.match", overrides, root, monkeypatch, capsys,
+                               env={"HF_HUB_OFFLINE": "1"})
 
 
 MISMATCHES = {

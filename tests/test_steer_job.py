@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import torch
 from probing.io import write_json
 from probing.probes.directions import save_directions
 from probing.tracking import read_offline_run
-from tests.job_fixtures import run_module
+from tests.job_fixtures import run_main_in_process, run_module
 from tests.tiny_models import D
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -165,29 +163,9 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
 
 
 def _in_process(work, overrides, monkeypatch, capsys) -> tuple[int, str]:
-    import importlib
-
-    main = importlib.import_module("analysis.steer").main
-    monkeypatch.chdir(work["root"])
-    monkeypatch.setenv("LIREF_CACHE", str(work["root"] / "cache"))
-    monkeypatch.setattr(sys, "argv", ["analysis.steer", *overrides, "logger=disabled",
-                                      f"hydra.run.dir={work['root'] / 'err'}"])
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    capsys.readouterr()
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)
-    return int(exc.value.code), capsys.readouterr().err
+    return run_main_in_process("analysis.steer", [*overrides, "logger=disabled",
+                                                  f"hydra.run.dir={work['root'] / 'err'}"],
+                               work["root"], monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(("change", "words"), [
