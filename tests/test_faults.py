@@ -35,9 +35,8 @@ from probing.activations.tokens import (
     token_mask,
 )
 from probing.errors import LirefError
-from probing.models import decoder_layers
 from tests.job_fixtures import run_main_in_process, write_questions
-from tests.tiny_models import PROMPTS
+from tests.tiny_models import PROMPTS, ForwardCounter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,20 +125,6 @@ def _run_and_kill(tmp_path: Path, what: str, model, tok, out_dir: Path) -> str:
         proc.join()
     assert proc.exitcode == -signal.SIGKILL
     return ready.read_text()
-
-
-class ForwardCounter:
-    """Counts forward passes through decoder block 0 (every forward reaches it)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.n = 0
-        self.handle = decoder_layers(model)[0].register_forward_hook(self._hook)
-
-    def _hook(self, *_: object) -> None:
-        self.n += 1
-
-    def close(self) -> None:
-        self.handle.remove()
 
 
 def _record_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:

@@ -24,27 +24,12 @@ from probing.activations.tokens import (
 from probing.errors import LirefError
 from probing.fingerprint import model_fingerprint
 from probing.hooks import forward_residual
-from probing.models import decoder_layers
-from tests.tiny_models import PROMPTS
+from tests.tiny_models import PROMPTS, ForwardCounter
 
 TEXTS = PROMPTS * 6 + ["the capital city of red is blue . " * 12]  # one long document
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class ForwardCounter:
-    """Counts forward passes through decoder block 0 (every forward reaches it)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.n = 0
-        self.handle = decoder_layers(model)[0].register_forward_hook(self._hook)
-
-    def _hook(self, *_: object) -> None:
-        self.n += 1
-
-    def close(self) -> None:
-        self.handle.remove()
 
 
 @pytest.fixture(scope="module")

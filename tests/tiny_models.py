@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -17,6 +18,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from probing.models import decoder_layers
 
 WORDS = ("Q: A: the a of is what who where when how many capital city colour red blue green "
          "one two three four five six seven eight nine zero plus minus times equals sum "
@@ -75,3 +78,17 @@ PROMPTS = [
     "Q: if one plus two equals three then what is four plus five ? what is the number\nA: ",
     "Q: who\nA: ",
 ]
+
+
+class ForwardCounter:
+    """Counts forward passes through decoder block 0 (every forward reaches it)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.n = 0
+        self.handle = decoder_layers(model)[0].register_forward_hook(self._hook)
+
+    def _hook(self, *_: object) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        self.handle.remove()
