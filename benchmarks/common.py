@@ -10,13 +10,14 @@ process against a baseline run in that same process, never absolute times.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,19 @@ LOAD_NOTE = ("measured on a shared machine under load from other jobs: timings a
              "re-run alone for figures to quote")
 
 log = logging.getLogger("liref.bench")
+
+
+def parse_with_quick(ap: argparse.ArgumentParser, argv: Sequence[str] | None,
+                     quick: Mapping[str, Any], quick_help: str = "tiny sizes (smoke test)"
+                     ) -> argparse.Namespace:
+    """Add ``--threads``, ``--quick`` and ``--out`` to ``ap`` and parse ``argv``; with
+    ``--quick`` the defaults become ``quick`` (flags given explicitly still win)."""
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=None, help="result JSON (default results/<name>.json)")
+    if ap.parse_args(argv).quick:
+        ap.set_defaults(**quick)
+    return ap.parse_args(argv)
 
 
 def machine() -> dict[str, Any]:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.common import Goal, print_goals, write_result
+from benchmarks.common import Goal, parse_with_quick, print_goals, write_result
 
 log = logging.getLogger("liref.bench.memory")
 
@@ -115,16 +115,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     ap.add_argument("--parallel", action="store_true",
                     help="run both subprocesses at once (quicker; their seconds then mean "
                          "little, peak RSS per process is unaffected)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=None)
-    if ap.parse_args(argv).quick:  # tiny defaults; flags given explicitly still win
-        ap.set_defaults(**QUICK)
-    return ap.parse_args(argv)
+    return parse_with_quick(ap, argv, QUICK)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:

@@ -52,6 +52,7 @@ from benchmarks.common import (
     fixed_prompts,
     llama_config,
     medians,
+    parse_with_quick,
     print_goals,
     print_table,
     random_llama,
@@ -235,13 +236,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip", nargs="*", default=[], choices=["transformerlens", "nnsight"])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, seconds)")
-    ap.add_argument("--out", default=None, help="result JSON (default results/<name>.json)")
-    if ap.parse_args(argv).quick:  # tiny defaults; flags given explicitly still win
-        ap.set_defaults(**QUICK)
-    return ap.parse_args(argv)
+    return parse_with_quick(ap, argv, QUICK, "tiny sizes (smoke test, seconds)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

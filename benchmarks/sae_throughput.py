@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Goal, print_goals, spreads, write_result
+from benchmarks.common import Goal, parse_with_quick, print_goals, spreads, write_result
 from probing.activations.corpus import load_corpus
 from probing.activations.tokens import (
     TokenStreamConfig,
@@ -157,12 +157,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--buffer-batches", type=int, default=16,
                     help="sae-lens n_batches_in_buffer")
     ap.add_argument("--runs", type=int, default=3, help="runs of each side (median reported)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    ap.add_argument("--out", default=None, help="result JSON (default results/<name>.json)")
-    if ap.parse_args(argv).quick:  # tiny defaults; flags given explicitly still win
-        ap.set_defaults(**QUICK)
-    return ap.parse_args(argv)
+    return parse_with_quick(ap, argv, QUICK)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
