@@ -99,16 +99,21 @@ class TextCorpus:
 def question_prompts(question_sets: Sequence[Mapping[str, Any]],
                      template: str = PROMPT_TEMPLATE) -> list[str]:
     """Prompts of question sets: each entry ``{name, path?, split?, n?, seed?, ...options}``."""
+    return [template.format(question=q.question) for q in _load_sets(question_sets)]
+
+
+def _load_sets(question_sets: Sequence[Mapping[str, Any]], **defaults: Any) -> list[Any]:
+    """The questions of every entry ``{name, ...load_question_set options}`` in order
+    (``defaults`` fill options an entry does not set)."""
     from probing.questions import load_question_set
 
-    prompts: list[str] = []
+    questions: list[Any] = []
     for spec in question_sets:
         spec = dict(spec)
         if "name" not in spec:
             raise LirefError(f"question set entry {spec} has no 'name'")
-        questions = load_question_set(spec.pop("name"), **spec)
-        prompts.extend(template.format(question=q.question) for q in questions)
-    return prompts
+        questions.extend(load_question_set(spec.pop("name"), **{**defaults, **spec}))
+    return questions
 
 
 def _document(q: Any) -> str:
@@ -132,20 +137,9 @@ def benchmark_documents(question_sets: Sequence[Mapping[str, Any]], seed: int = 
     GSM8K's), then shuffled with ``seed`` so ``max_texts`` keeps a mix of every set."""
     import random
 
-    from probing.questions import load_question_set
-    from probing.questions.record import normalize_question
+    from probing.questions.sampling import dedupe_questions
 
-    seen: set[str] = set()
-    docs: list[str] = []
-    for spec in question_sets:
-        spec = dict(spec)
-        if "name" not in spec:
-            raise LirefError(f"question set entry {spec} has no 'name'")
-        for q in load_question_set(spec.pop("name"), **{"seed": seed, **spec}):
-            key = normalize_question(q.question)
-            if key not in seen:
-                seen.add(key)
-                docs.append(_document(q))
+    docs = [_document(q) for q in dedupe_questions(_load_sets(question_sets, seed=seed))]
     random.Random(f"liref-benchmark-corpus-{seed}").shuffle(docs)
     return docs
 
