@@ -5,7 +5,8 @@
 
 ``benchmarks.steering_overhead`` runs when its file exists (it is skipped with a note
 otherwise). ``--quick`` passes ``--quick`` to each benchmark (tiny sizes, a smoke test whose
-figures mean nothing).
+figures mean nothing); ``organism_matched`` (the LiReF on the organism's matched set beside its
+controls, a finding rather than a timing) has no quick mode and always runs in full.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["extraction_speed", "extraction_memory", "sae_throughput", "steering_overhead"]
+BENCHMARKS = ["extraction_speed", "extraction_memory", "sae_throughput", "steering_overhead",
+              "organism_matched"]
 
 
 def available(names: Sequence[str] = BENCHMARKS) -> tuple[list[str], list[str]]:

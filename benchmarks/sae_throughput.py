@@ -36,7 +36,8 @@ from probing.activations.tokens import (
     activation_batches,
     get_or_build_token_cache,
 )
-from probing.models import load_model, num_layers
+from probing.model.blocks import num_layers
+from probing.model.loading import load_model
 from probing.sae.training import SAETrainConfig, train_sae
 
 log = logging.getLogger("liref.bench.sae")

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from benchmarks.common import Goal, medians, print_goals, print_table, run_interleaved, write_result
-from probing.evaluation.sweep import EvalSet, evaluate_generation, evaluate_teacher_forced
-from probing.models import load_model, num_layers
+from probing.model.blocks import num_layers
+from probing.model.loading import load_model
 from probing.questions import Question
 from probing.steering import AddDirection, steer
+from probing.steering.evaluate import EvalSet, evaluate_generation, evaluate_teacher_forced
 
 
 def _questions(model_name: str, n: int) -> list[Question]:

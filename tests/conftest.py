@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import train.configs  # noqa: F401  (registers every job schema for Hydra compose in tests)
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,7 +33,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_model_dir):
     """``(model, tokenizer)`` of a tiny random Llama."""
-    from probing.models import load_model
+    from probing.model.loading import load_model
 
     return load_model(str(tiny_model_dir("llama")))
 

@@ -5,8 +5,9 @@ import torch
 
 from probing.activations.extract import extract_activations
 from probing.errors import LirefError
-from probing.hooks import check_layers, forward_residual
-from probing.models import decoder_layers, load_model
+from probing.model.blocks import decoder_layers
+from probing.model.hooks import check_layers, forward_residual
+from probing.model.loading import load_model
 from tests.tiny_models import FAMILY_CONFIGS, PROMPTS
 
 

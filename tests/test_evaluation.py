@@ -17,13 +17,7 @@ from probing.evaluation.scorers import (
     score_answer,
     scoring_rule,
 )
-from probing.evaluation.sweep import (
-    EvalSet,
-    evaluate_generation,
-    evaluate_teacher_forced,
-    headline_metrics,
-)
-from probing.models import load_model
+from probing.model.loading import load_model
 from probing.questions import Question
 from probing.stats import (
     accuracy_with_ci,
@@ -33,6 +27,12 @@ from probing.stats import (
     paired_bootstrap_diff,
 )
 from probing.steering import AblateDirection, AddDirection, steer
+from probing.steering.evaluate import (
+    EvalSet,
+    evaluate_generation,
+    evaluate_teacher_forced,
+    headline_metrics,
+)
 from tests.tiny_models import PROMPTS, D
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

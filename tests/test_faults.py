@@ -506,7 +506,7 @@ def test_parallel_ensure_organism_trains_once(tmp_path, monkeypatch):
 
     def job() -> None:
         try:
-            results.append(store.ensure_organism(cfg, cache_dir=tmp_path, progress=False))
+            results.append(training.ensure_organism(cfg, cache_dir=tmp_path, progress=False))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

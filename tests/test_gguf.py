@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import probing.gguf as gguf
+import probing.model.gguf as gguf
 from probing.errors import LirefError
-from probing.models import load_model, num_layers
+from probing.model.blocks import num_layers
+from probing.model.loading import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -77,7 +78,7 @@ def test_converted_cache_is_reused(smollm2, gguf_cache, monkeypatch):
     # every job loads it through its model config (conf/model/smollm2_135m.yaml) and cache_dir
     from omegaconf import OmegaConf
 
-    from probing.workflow import load_model_from_config
+    from probing.model.loading import load_model_from_config
 
     conf = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "smollm2_135m.yaml")
     model, _ = load_model_from_config(conf, gguf_cache)
@@ -113,8 +114,9 @@ def test_extraction_equals_hidden_states(smollm2):
 def test_probe_on_50_plus_50_real_questions(smollm2, tmp_path):
     """GSM8K (reasoning) vs PopQA (memory), 50 + 50 real questions: extraction, cache, per-layer
     held-out probes and directions, end to end."""
+    from probing.probes.data import probe_data
+    from probing.probes.run import run_probe_stage
     from probing.questions import load_question_set
-    from probing.workflow import probe_data, run_probe_stage
 
     model, tok = smollm2
     questions = (load_question_set("gsm8k", path=str(FIXTURES / "gsm8k_50.jsonl"))

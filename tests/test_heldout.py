@@ -7,8 +7,8 @@ import numpy as np
 
 from probing.activations.corpus import load_corpus
 from probing.probes.evaluation import grouped_split
+from probing.questions import load_questions
 from probing.questions.record import normalize_question
-from probing.workflow import load_questions
 from tests.shared_data import shared
 
 

@@ -23,8 +23,8 @@ import torch
 from probing.activations.cache import ActivationCache
 from probing.errors import LirefError
 from probing.probes.estimators import load_probe
-from probing.tracking import read_offline_run
 from tests.job_fixtures import REPO, run_main_in_process, run_module, write_questions
+from train.tracking import read_offline_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LAYERS = "layers=[0,2]"

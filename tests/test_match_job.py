@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from probing.sae.match_run import LATENT_COLUMNS
-from probing.sae.matching import load_match
+from probing.matching.inputs import load_match
+from probing.matching.run import LATENT_COLUMNS
 from probing.sae.training import save_sae
-from probing.tracking import read_offline_run
 from tests.job_fixtures import run_main_in_process, run_module, write_questions
+from train.tracking import read_offline_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: small statistics so a job takes seconds on the tiny model
-FAST = ["nulls.n_random=200", "nulls.n_permutations=100", "reconstruction.max_k=8",
-        "reconstruction.n_controls=3", "n_resamples=200", "top_k=5", "injection.top_k=3",
-        "injection.n_prompts=8"]
+FAST = ["matching.nulls.n_random=200", "matching.nulls.n_permutations=100", "matching.reconstruction.max_k=8",
+        "matching.reconstruction.n_controls=3", "matching.n_resamples=200", "matching.top_k=5", "matching.injection.top_k=3",
+        "matching.injection.n_prompts=8"]
 
 
 @dataclass
@@ -64,10 +64,10 @@ def _probe_run(folder: Path, model_dir: Path, questions: Path) -> Path:
     """What ``train.probe`` writes for the match job (``directions/``), made in-process: the
     diff-in-means of the default prompts' last-token activations at layers 0 and 1."""
     from probing.activations.extract import extract_activations
-    from probing.models import load_model
+    from probing.model.loading import load_model
     from probing.probes.directions import layer_directions, save_directions
+    from probing.questions import load_questions
     from probing.questions.prompts import format_prompts
-    from probing.workflow import load_questions
 
     model, tok = load_model(str(model_dir))
     qs = load_questions([{"name": "jsonl", "path": str(questions)}])
@@ -113,7 +113,7 @@ def test_job_writes_the_ranked_latent_table(matched: Path, setup: Setup) -> None
         assert -1.0 <= r["decoder_cosine"] <= 1.0 and 0.0 <= r["cosine_q"] <= 1.0
         assert 0.0 <= r["density"] <= 1.0 and r["max_activation"] >= 0.0
     tested = [r for r in rows if r["injection_class"] is not None]
-    assert [r["rank"] for r in tested] == [1, 2, 3]  # injection.top_k=3
+    assert [r["rank"] for r in tested] == [1, 2, 3]  # matching.injection.top_k=3
     assert all(r["injection_d"] is None for r in rows[3:])
     assert rows[0]["test_auroc_lo"] is not None and rows[10]["test_auroc_lo"] is None
     assert info["layer"] == 1 and info["d_sae"] == 64 and info["d_model"] == 32
@@ -163,7 +163,7 @@ def test_multirun_picks_each_sae_by_architecture_and_layer(
         setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, err = _in_process(["-m", *setup.common(), f"sae_dir={setup.sweep}",
-                             "sae=standard,topk", "layer=1", "injection.top_k=1",
+                             "sae=standard,topk", "layer=1", "matching.injection.top_k=1",
                              "logger=disabled", f"hydra.sweep.dir={setup.root}/multi"],
                             setup.root, monkeypatch, capsys)
     assert code == 0, err

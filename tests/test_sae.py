@@ -13,7 +13,7 @@ from torch import nn
 from probing.activations.corpus import load_corpus
 from probing.activations.tokens import activation_batches, text_batches
 from probing.errors import LirefError
-from probing.models import decoder_layers
+from probing.model.blocks import decoder_layers
 from probing.sae.metrics import (
     METRIC_KEYS,
     ce_loss_recovered,
@@ -251,7 +251,7 @@ def test_config_validation():
     with pytest.raises(LirefError, match="between 1 and d_sae"):
         make_training_sae(SAETrainConfig(k=100, d_sae=32), 8)
     with pytest.raises(LirefError, match="cache_dir"):
-        SAEDataConfig(use_cache=True, cache_dir=None)
+        SAEDataConfig(use_cache=True, cache_dir=None).cache_root()
 
 
 def test_load_sae_errors(tmp_path, monkeypatch):
@@ -267,20 +267,26 @@ def test_load_sae_errors(tmp_path, monkeypatch):
 
 
 def test_pretrained_conf_entries_name_real_releases():
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
+    from probing.sae.runs import SAEConfig
+    from train.configs import to_settings
+
     directory = get_pretrained_saes_directory()
-    conf = Path(__file__).resolve().parents[1] / "conf" / "sae"
-    entries = [OmegaConf.load(p) for p in sorted(conf.glob("*.yaml"))]
-    pretrained = [e.pretrained for e in entries if e.get("architecture") == "pretrained"]
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    names = sorted(p.stem for p in (conf / "sae").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        entries = [compose("sae", overrides=[f"sae={n}"]).sae for n in names]
+    pretrained = [e.pretrained for e in entries if e.architecture == "pretrained"]
     assert len(pretrained) >= 2
     for p in pretrained:
         assert p.sae_id in directory[p.release].saes_map
-    trainable = [e for e in entries if e.get("architecture") != "pretrained"]
-    for e in trainable:
-        SAETrainConfig.from_dict(OmegaConf.to_container(e))  # every entry is valid
+    for e in entries:
+        assert isinstance(to_settings(e, SAEConfig), SAEConfig)  # every entry is valid
         assert "k" in e  # so that sweeps over sae.k accept every architecture
+    assert len(OmegaConf.to_container(entries[0])) > 2
 
 
 TINY_DATA = ("corpus.source=file", "corpus.max_texts=300", "activations.heldout_texts=20",
@@ -331,9 +337,9 @@ def test_job_user_error_exits_2(tiny_model_dir, tmp_path, corpus_file):
 def test_job_logs_through_the_tracker_offline(tiny_model_dir, tmp_path, corpus_file):
     """The job body, in-process, with an offline wandb run: training curves, held-out evals,
     the density image, the metrics table and the SAE artifact are all recorded."""
-    from probing.tracking import Tracker, read_offline_run
     from train.jobkit import JobContext
     from train.sae import sae_job
+    from train.tracking import Tracker, read_offline_run
 
     cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}", corpus_file)
     tracker = Tracker(mode="offline", dir=tmp_path / "run", name="sae-test").start()
@@ -361,9 +367,9 @@ def _compose(tmp_path: Path, *overrides: str, train: bool = True):
 def test_job_evaluates_a_pretrained_entry_without_training(trained, tiny_model_dir, tmp_path,
                                                            corpus_file):
     """A pretrained entry (here pointed at a local SAE folder) is evaluated, not trained."""
-    from probing.tracking import Tracker
     from train.jobkit import JobContext
     from train.sae import sae_job
+    from train.tracking import Tracker
 
     res, _, root = trained
     cfg = _compose(tmp_path, "model=local", f"model.name={tiny_model_dir('llama')}", corpus_file,
@@ -378,9 +384,9 @@ def test_job_evaluates_a_pretrained_entry_without_training(trained, tiny_model_d
 
 
 def test_job_pretrained_release_offline_is_a_clear_error(tmp_path, monkeypatch):
-    from probing.tracking import Tracker
     from train.jobkit import JobContext
     from train.sae import sae_job
+    from train.tracking import Tracker
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = _compose(tmp_path, "model=local", "model.name=/nonexistent", "sae=gemma_scope_9b",
@@ -394,7 +400,7 @@ def test_job_pretrained_release_offline_is_a_clear_error(tmp_path, monkeypatch):
                     reason="the organism checkpoint (probing/organism/checkpoint) is not committed")
 def test_organism_sae_explains_most_variance(tmp_path):
     """Default size (topk, 8x, k=16) on the organism's middle layer, ~1500 steps."""
-    from probing.models import load_model
+    from probing.model.loading import load_model
 
     model, tok = load_model("organism")
     corpus = load_corpus("organism", max_texts=4000, organism_checkpoint=ORGANISM_CKPT)

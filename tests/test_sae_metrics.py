@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probing.hooks import block_output
-from probing.models import decoder_layers
+from probing.model.blocks import decoder_layers
+from probing.model.hooks import block_output
 from probing.sae.metrics import ce_loss_recovered, reconstruction_metrics
 from probing.sae.training import SAETrainConfig, make_training_sae
 
@@ -90,7 +90,7 @@ def test_ce_loss_recovered_equals_sae_lens_ce_loss_score():
     from sae_lens.evals import get_downstream_reconstruction_metrics
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    from probing.models import load_model
+    from probing.model.loading import load_model
 
     model, tok = load_model("organism")
     sae = _sae(model.config.hidden_size)

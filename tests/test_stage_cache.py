@@ -1,8 +1,8 @@
-"""probing.stage_cache: what a stage's key covers, atomic store and restore."""
+"""analysis.stage_cache: what a stage's key covers, atomic store and restore."""
 
 from __future__ import annotations
 
-from probing.stage_cache import (
+from analysis.stage_cache import (
     DONE,
     code_fingerprint,
     model_source_key,

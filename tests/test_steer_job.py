@@ -12,9 +12,9 @@ import torch
 
 from probing.io import write_json
 from probing.probes.directions import save_directions
-from probing.tracking import read_offline_run
 from tests.job_fixtures import run_main_in_process, run_module
 from tests.tiny_models import D
+from train.tracking import read_offline_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -66,7 +66,7 @@ def _common(w) -> list[str]:
     sets = (f"steer.sets=[{{set:toy,name:jsonl,path:'{w['questions']}',"
             "contrast:[gold,stale],rates:{stale:stale}}]")
     return ["model=local", f"model.name={w['model']}", f"probe_dir={w['probe']}", sets,
-            "steer.n_per_set=null", "n_resamples=200"]
+            "steer.n_per_set=null", "steering.n_resamples=200"]
 
 
 def _check_rows(rows: list[dict], n_items: int) -> None:
@@ -82,9 +82,9 @@ def _check_rows(rows: list[dict], n_items: int) -> None:
 
 def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     """Two jobs of a Hydra multirun (units=gap,abs), direction interventions only."""
-    args = [*_common(work), "interventions=[add,ablate,released]", "strengths.add=[1.0,2.0]",
-            "strengths.released=[1.0]", "headline.released=1.0", "logger=offline",
-            "units=gap,abs", f"hydra.sweep.dir={work['root'] / 'multi'}", "-m"]
+    args = [*_common(work), "steering.interventions=[add,ablate,released]", "steering.strengths.add=[1.0,2.0]",
+            "steering.strengths.released=[1.0]", "steering.headline.released=1.0", "logger=offline",
+            "steering.units=gap,abs", f"hydra.sweep.dir={work['root'] / 'multi'}", "-m"]
     proc = run_module("analysis.steer", *args, cwd=work["root"], timeout=600,
                       env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,13 +125,13 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from analysis.steer import steer_job
-    from probing.tracking import Tracker
     from train.jobkit import CONFIG_PATH, JobContext
+    from train.tracking import Tracker
 
     overrides = [*_common(work), f"match_dir={work['match']}", f"cache_dir={tmp_path / 'c'}",
-                 "interventions=[add,scale,add_latent,clamp_latent]", "strengths.add=[1.0]",
-                 "strengths.scale=[2.0]", "strengths.add_latent=[4.0]",
-                 "strengths.clamp_latent=[0.0,4.0]", "headline.scale=2.0",
+                 "steering.interventions=[add,scale,add_latent,clamp_latent]", "steering.strengths.add=[1.0]",
+                 "steering.strengths.scale=[2.0]", "steering.strengths.add_latent=[4.0]",
+                 "steering.strengths.clamp_latent=[0.0,4.0]", "steering.headline.scale=2.0",
                  "steer.generate.n=4", "steer.generate.max_new_tokens=3"]
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("steer", overrides=overrides)
@@ -173,10 +173,10 @@ def _in_process(work, overrides, monkeypatch, capsys) -> tuple[int, str]:
      ["probe_dir"]),
     (lambda w, c: [*c, f"probe_dir={write_probe_run(w['root'] / 'wide', width=D + 8)}"],
      ["another model", str(D + 8)]),
-    (lambda w, c: [*c, "positions=generated"], ["generated", "steer.metric=generate"]),
-    (lambda w, c: [*c, "interventions=[add_latent]"], ["match_dir"]),
-    (lambda w, c: [*c, "layers=[5]"], ["5"]),
-    (lambda w, c: [*c, "interventions=[push]"], ["push", "allowed"]),
+    (lambda w, c: [*c, "steering.positions=generated"], ["generated", "steer.metric=generate"]),
+    (lambda w, c: [*c, "steering.interventions=[add_latent]"], ["match_dir"]),
+    (lambda w, c: [*c, "steering.steer_layers=[5]"], ["5"]),
+    (lambda w, c: [*c, "steering.interventions=[push]"], ["push", "allowed"]),
 ])
 def test_user_errors_exit_2_with_one_line(work, monkeypatch, capsys, change, words):
     code, stderr = _in_process(work, change(work, _common(work)), monkeypatch, capsys)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from probing.errors import LirefError
-from probing.hooks import forward_residual, modify_residual, site_module
-from probing.models import decoder_layers, load_model
+from probing.model.blocks import decoder_layers
+from probing.model.hooks import forward_residual, modify_residual, site_module
+from probing.model.loading import load_model
 from probing.steering import (
     AblateDirection,
     AddDirection,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from probing.results import latest_run
-from probing.tracking import read_offline_run
+from probing.report.results import latest_run
 from tests.test_report import check_report_page
+from train.tracking import read_offline_run
 
 STAGES = ("probe", "sae", "match", "steer")
 

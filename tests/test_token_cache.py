@@ -23,7 +23,7 @@ from probing.activations.tokens import (
 )
 from probing.errors import LirefError
 from probing.fingerprint import model_fingerprint
-from probing.hooks import forward_residual
+from probing.model.hooks import forward_residual
 from tests.tiny_models import PROMPTS, ForwardCounter
 
 TEXTS = PROMPTS * 6 + ["the capital city of red is blue . " * 12]  # one long document

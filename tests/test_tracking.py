@@ -1,4 +1,4 @@
-"""probing.tracking: the failure-proof wandb wrapper and the offline-run reader."""
+"""train.tracking: the failure-proof wandb wrapper and the offline-run reader."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from probing.errors import LirefError
-from probing.tracking import Tracker, flatten, read_offline_run, tracked
+from train.tracking import Tracker, flatten, read_offline_run, tracked
 
 
 def _exercise(tracker: Tracker, png: Path | None = None) -> None:
@@ -52,7 +52,7 @@ def test_bad_mode_is_a_clear_error() -> None:
 def test_disabled_mode_never_imports_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` now raises ImportError
-    caplog.set_level(logging.WARNING, logger="probing.tracking")
+    caplog.set_level(logging.WARNING, logger="train.tracking")
     with tracked(mode="disabled", dir=tmp_path / "run", config={"seed": 0}) as tracker:
         _exercise(tracker, tmp_path / "not-there.png")
         tracker.log_artifact(tmp_path, "probe", "probe")
@@ -114,7 +114,7 @@ def test_init_failure_warns_and_turns_tracking_off(tmp_path: Path,
         raise RuntimeError("no account")
 
     monkeypatch.setattr(wandb, "init", broken_init)
-    caplog.set_level(logging.WARNING, logger="probing.tracking")
+    caplog.set_level(logging.WARNING, logger="train.tracking")
     tracker = Tracker(mode="offline", dir=tmp_path)
     assert tracker.start() is tracker
     assert not tracker.active
@@ -147,7 +147,7 @@ class _FlakyRun:
 
 
 def test_failure_mid_run_finishes_the_run_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="probing.tracking")
+    caplog.set_level(logging.WARNING, logger="train.tracking")
     tracker = Tracker(mode="offline")
     run = _FlakyRun()
     tracker.run = run

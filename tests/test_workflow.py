@@ -1,13 +1,13 @@
-"""The stage functions the jobs are made of (``probing.workflow``)."""
+"""The stage functions the jobs are made of (``probing.probes.run``)."""
 
 from __future__ import annotations
 
 import pytest
 
 from probing.errors import LirefError
-from probing.questions import Question
-from probing.questions.prompts import PromptTemplate
-from probing.workflow import extract_for_questions, load_questions, prompt_template
+from probing.probes.data import extract_for_questions
+from probing.questions import Question, load_questions
+from probing.questions.prompts import PromptTemplate, prompt_template
 from tests.job_fixtures import write_questions
 
 QS = [Question(id=f"q{i}", question=f"what is {i} plus {i} ?", answers=(str(2 * i),),

@@ -19,7 +19,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from probing.models import decoder_layers
+from probing.model.blocks import decoder_layers
 
 WORDS = ("Q: A: the a of is what who where when how many capital city colour red blue green "
          "one two three four five six seven eight nine zero plus minus times equals sum "

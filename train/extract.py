@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from probing.io import write_json
-from probing.workflow import describe_model
+from probing.model.loading import describe_model
 from train.jobkit import CONFIG_PATH, JobContext, plain, question_activations, run_job
 
 log = logging.getLogger("liref.extract")

@@ -22,10 +22,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+import train.configs  # noqa: F401  (registers every job's schema in Hydra's ConfigStore)
 from probing.errors import LirefError
 from probing.io import write_metrics
 from probing.seeding import seed_everything
-from probing.tracking import Tracker
+from train.tracking import Tracker
 
 log = logging.getLogger("liref")
 
@@ -50,7 +51,7 @@ class JobContext:
     def model(self) -> tuple[Any, Any]:
         """``(model, tokenizer)`` of ``cfg.model``, loaded once per job (stages share it)."""
         if "model" not in self.shared:
-            from probing.workflow import load_model_from_config
+            from probing.model.loading import load_model_from_config
 
             self.shared["model"] = load_model_from_config(self.cfg.model, self.cfg.cache_dir)
         return self.shared["model"]
@@ -172,34 +173,15 @@ class SweepFailures(Callback):
         sys.exit(2)
 
 
-def log_probe_report(ctx: JobContext, report: Any) -> None:
-    """Per-layer metrics (step = layer), a table, the plots and the probe/directions artifacts."""
-    rows = report.per_layer
-    ctx.tracker.define_metric("probe/*", step_metric="probe/layer")
-    for row in rows:
-        ctx.tracker.log({f"probe/{k}": v for k, v in row.items()})
-    columns = list(rows[0])
-    ctx.tracker.log_table("probe/per_layer", columns, [[r[c] for c in columns] for r in rows])
-    for key in ("plot_layers", "plot_pca"):
-        ctx.tracker.log_image(f"probe/{key}", report.files[key])
-    ctx.tracker.log_artifact(report.files["probe"], f"probe-layer{report.best_layer}", "probe")
-    ctx.tracker.log_artifact(report.files["directions"], "liref-directions", "direction")
-    m = report.metrics
-    log.info("layer %d (chosen on validation): test accuracy %.3f [%.3f, %.3f], AUROC %.3f "
-             "[%.3f, %.3f]; bag-of-words AUROC %.3f, embedding AUROC %s; probe in %s",
-             report.best_layer, m["best/accuracy"], m["best/accuracy_ci_low"],
-             m["best/accuracy_ci_high"], m["best/auroc"], m["best/auroc_ci_low"],
-             m["best/auroc_ci_high"], m.get("control/bow_auroc", float("nan")),
-             f"{m['control/embedding_auroc']:.3f}" if "control/embedding_auroc" in m else "n/a",
-             report.files["probe"])
-
-
 def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list,
                          controls: bool = True) -> Any:
     """``ProbeData`` (activations ``[N, L, d]``, questions, prompts, mean input embeddings) of
     question ``sets`` under the job's ``data.n``, ``seed``, ``layers``, ``position``,
     ``batch_size``, ``prompt`` and cache."""
-    from probing.workflow import load_questions, organism_checkpoint, probe_data, prompt_template
+    from probing.model.loading import organism_checkpoint
+    from probing.probes.data import probe_data
+    from probing.questions import load_questions
+    from probing.questions.prompts import prompt_template
 
     questions = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model))
     layers = None if cfg.layers is None else list(cfg.layers)

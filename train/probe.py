@@ -7,15 +7,10 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from probing.workflow import describe_model, run_probe_stage
-from train.jobkit import (
-    CONFIG_PATH,
-    JobContext,
-    log_probe_report,
-    plain,
-    question_activations,
-    run_job,
-)
+from probing.model.loading import describe_model
+from probing.probes.run import run_probe_stage
+from train.jobkit import CONFIG_PATH, JobContext, plain, question_activations, run_job
+from train.stage_logs import log_probe_report
 
 log = logging.getLogger("liref.probe")
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from probing import __version__
 from probing.activations.extract import POSITIONS, extract_activations
 from probing.activations.store import MANIFEST, CacheEntry, CorruptCacheError
 from probing.errors import LirefError
 from probing.fingerprint import data_fingerprint, fingerprint, model_fingerprint
-from probing.hooks import check_layers
-from probing.models import model_id
+from probing.model.blocks import model_id
+from probing.model.hooks import check_layers
+from probing.version import __version__
 
 log = logging.getLogger(__name__)
 

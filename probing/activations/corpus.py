@@ -29,6 +29,7 @@ __all__ = [
     "CORPUS_SOURCES",
     "PROMPT_TEMPLATE",
     "TextCorpus",
+    "TextCorpusConfig",
     "benchmark_documents",
     "fingerprint_texts",
     "load_corpus",
@@ -221,6 +222,35 @@ def _organism_texts(n_texts: int | None, seed: int, checkpoint: str | Path | Non
         item = corpus.sample_train(rng, rng.choices(streams, weights)[0])
         texts.append(oc.format_text(item.question, item.answer) + "\n")
     return texts
+
+
+@dataclass
+class TextCorpusConfig:
+    """The texts an SAE is trained on (``conf/corpus/*.yaml``): ``load_corpus``'s arguments.
+
+    ``source``: one of ``CORPUS_SOURCES``; ``path``: a .txt (one document per line) or .jsonl
+    (``file``); ``name`` / ``config_name`` / ``split``: a hub data set (``hf``);
+    ``max_texts``: documents kept (null = all); ``question_sets``: prompts ``"Q: ...\nA: "`` of
+    question sets added to any source (``[{name: gsm8k, n: 500}]``).
+    """
+
+    source: str = "organism"
+    path: str | None = None
+    name: str | None = None
+    config_name: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    max_texts: int | None = None
+    question_sets: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.source not in CORPUS_SOURCES:
+            raise LirefError(f"corpus source {self.source!r}; allowed: {list(CORPUS_SOURCES)}")
+        if self.source == "file" and not self.path:
+            raise LirefError("corpus source 'file' needs corpus.path: a .txt (one document per "
+                             "line) or .jsonl file")
+        if self.source == "hf" and not self.name:
+            raise LirefError("corpus source 'hf' needs corpus.name: a data set on the hub")
 
 
 def load_corpus(

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from probing.batching import pad_right
 from probing.errors import LirefError
-from probing.hooks import check_layers, forward_residual
+from probing.model.hooks import check_layers, forward_residual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["POSITIONS", "Position", "extract_activations", "pad_right", "pool_positions",
+__all__ = ["POSITIONS", "Position", "extract_activations", "pool_positions",
            "tokenize_prompts"]
 
 Position = Literal["last", "mean"]
@@ -40,15 +41,6 @@ def tokenize_prompts(tokenizer: object, prompts: Sequence[str], add_special_toke
     return [list(ids) for ids in encoded]
 
 
-def pad_right(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad: real tokens keep positions 0..len-1, so causal outputs equal unbatched ones."""
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    return input_ids, mask
 
 
 def pool_positions(hidden: torch.Tensor, mask: torch.Tensor, position: str) -> torch.Tensor:

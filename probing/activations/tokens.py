@@ -1,7 +1,7 @@
 """Token-level residual activations: streamed from a model, or cached on disk in shards.
 
 Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), read with
-``probing.hooks.forward_residual``. Padding tokens (and optionally BOS) are dropped, so a token
+``probing.model.hooks.forward_residual``. Padding tokens (and optionally BOS) are dropped, so a token
 stream is a sequence of ``[n_tokens, d_model]`` chunks.
 
 The cache is one entry of the crash-safe cache core (``probing.activations.store``): a
@@ -29,13 +29,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.activations.extract import pad_right
 from probing.activations.store import MANIFEST, CacheEntry
+from probing.batching import pad_right
 from probing.errors import LirefError
 from probing.fingerprint import fingerprint, model_fingerprint
-from probing.hooks import check_layers, forward_residual
 from probing.io import remove_orphans
-from probing.models import model_id, resolve_dtype
+from probing.model.blocks import model_id
+from probing.model.hooks import check_layers, forward_residual
+from probing.model.loading import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class TokenStreamConfig:
 
     layer: int
     context_size: int = 128
-    batch_size: int = 32
+    batch_size: int = 64
     drop_bos: bool = True
     dtype: str = "float32"
     shard_tokens: int = 65536

@@ -1,6 +1,7 @@
 """Evaluation of model outputs: greedy generation (``generation``), answer scorers
-(``scorers``), teacher-forced answer scores and margins (``margins``), paired statistics against
-an unsteered run (``paired``) and batched evaluation of steering settings (``sweep``)."""
+(``scorers``), teacher-forced answer scores and margins (``margins``), and paired statistics against
+an unsteered run (``paired``). Nothing here imports a higher stage: evaluating steering
+settings over question sets is ``probing.steering.evaluate``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,6 @@ _EXPORTS: dict[str, str] = {
     "CandidateScores": "probing.evaluation.margins",
     "score_candidates": "probing.evaluation.margins",
     "compare_settings": "probing.evaluation.paired",
-    "EvalSet": "probing.evaluation.sweep",
-    "Outcomes": "probing.evaluation.sweep",
-    "evaluate_generation": "probing.evaluation.sweep",
-    "evaluate_teacher_forced": "probing.evaluation.sweep",
 }
 
 __all__ = list(_EXPORTS)

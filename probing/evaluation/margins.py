@@ -24,9 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probing.activations.extract import pad_right
+from probing.batching import model_device, pad_right
 from probing.errors import LirefError
-from probing.models import model_device
 
 __all__ = ["CandidateScores", "score_candidates", "split_answer"]
 

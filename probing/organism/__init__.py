@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     "format_text": "probing.organism.corpus",
     "load_organism_questions": "probing.organism.questions",
     "build_tokenizer": "probing.organism.tokenizer",
-    "ensure_organism": "probing.organism.store",
+    "ensure_organism": "probing.organism.training",
     "evaluate_organism": "probing.organism.training",
     "load_organism_config": "probing.organism.store",
     "replay_training_stream": "probing.organism.training",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -252,14 +252,9 @@ class OrganismConfig:
 
 
 def _plain(d: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(d, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(d, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    """Mappings and sequences (e.g. a job's config containers) -> plain dicts/lists."""
     if isinstance(d, Mapping):
         return {k: _plain(v) for k, v in d.items()}
+    if isinstance(d, Sequence) and not isinstance(d, str | bytes | tuple):
+        return [_plain(v) for v in d]
     return d

@@ -22,16 +22,14 @@ from probing.errors import LirefError
 from probing.io import (
     atomic_replace_dir,
     ensure_dir,
-    file_lock,
     read_json,
-    remove_orphans,
     write_json,
 )
 from probing.organism.config import OrganismConfig
 from probing.organism.corpus import Corpus
 from probing.organism.tokenizer import save_tokenizer, vocab_of
 
-__all__ = ["ORGANISM_FILE", "ensure_organism", "load_organism_config", "save_checkpoint"]
+__all__ = ["ORGANISM_FILE", "load_organism_config", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ def save_checkpoint(
     folder beside ``folder``, then move it into place atomically: an old checkpoint is swapped
     for the new one in one step (Linux ``renameat2``; two renames elsewhere, see
     ``probing.io.atomic_replace_dir``), so readers always find a complete checkpoint."""
-    from probing import __version__
+    from probing.version import __version__
 
     folder = Path(folder)
     ensure_dir(folder.parent)
@@ -95,38 +93,3 @@ def load_organism_config(path: str | Path | None = None) -> OrganismConfig:
     return OrganismConfig.from_dict(read_json(file)["config"])
 
 
-def ensure_organism(
-    cfg_dict: Mapping[str, Any] | None,
-    retrain: bool = False,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> Path:
-    """The checkpoint folder to load for organism config ``cfg_dict``.
-
-    The default config (``None`` or the committed checkpoint's config) without ``retrain``
-    gives ``DEFAULT_CHECKPOINT``. Otherwise the organism is trained into
-    ``cache_dir/organism-<config hash>/`` unless a complete one is already there. The check and
-    the training hold the lock ``cache_dir/organism-<config hash>.lock``: parallel jobs asking
-    for one config train it once (the others wait, then load it); temporary folders of a
-    killed trainer are removed.
-    """
-    from probing.organism import DEFAULT_CHECKPOINT
-
-    cfg = OrganismConfig.from_dict(cfg_dict)
-    default_hash = None
-    if (DEFAULT_CHECKPOINT / ORGANISM_FILE).is_file():
-        default_hash = read_json(DEFAULT_CHECKPOINT / ORGANISM_FILE).get("config_hash")
-    if not retrain and cfg.config_hash() == default_hash:
-        return DEFAULT_CHECKPOINT
-    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "liref"
-    folder = root.expanduser() / f"organism-{cfg.config_hash()}"
-    with file_lock(folder.parent / f"{folder.name}.lock", what=str(folder)):
-        if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
-            log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
-            return folder
-        remove_orphans(folder.parent, [f".{folder.name}.tmp-*", f".{folder.name}.old-*"])
-        log.info("training organism %s into %s", cfg.config_hash(), folder)
-        from probing.organism import training
-
-        training.train_and_save(cfg, folder, progress=progress)
-    return folder

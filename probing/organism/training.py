@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from probing.io import file_lock, read_json, remove_orphans
 from probing.organism.config import KINDS, OrganismConfig
 from probing.organism.corpus import Corpus, Item, format_prompt
-from probing.organism.store import save_checkpoint
+from probing.organism.store import ORGANISM_FILE, save_checkpoint
 from probing.organism.tokenizer import BOS, EOS, NEWLINE, PAD, SPECIAL_TOKENS, vocab_of
 
 __all__ = [
@@ -366,3 +367,38 @@ def train_and_save(
     metrics["n_params"] = float(sum(p.numel() for p in model.parameters()))
     save_checkpoint(model, corpus, cfg, folder, metrics=metrics, command=command)
     return metrics
+
+
+def ensure_organism(
+    cfg_dict: Mapping[str, Any] | None,
+    retrain: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """The checkpoint folder to load for organism config ``cfg_dict``.
+
+    The default config (``None`` or the committed checkpoint's config) without ``retrain``
+    gives ``DEFAULT_CHECKPOINT``. Otherwise the organism is trained into
+    ``cache_dir/organism-<config hash>/`` unless a complete one is already there. The check and
+    the training hold the lock ``cache_dir/organism-<config hash>.lock``: parallel jobs asking
+    for one config train it once (the others wait, then load it); temporary folders of a
+    killed trainer are removed.
+    """
+    from probing.organism import DEFAULT_CHECKPOINT
+
+    cfg = OrganismConfig.from_dict(cfg_dict)
+    default_hash = None
+    if (DEFAULT_CHECKPOINT / ORGANISM_FILE).is_file():
+        default_hash = read_json(DEFAULT_CHECKPOINT / ORGANISM_FILE).get("config_hash")
+    if not retrain and cfg.config_hash() == default_hash:
+        return DEFAULT_CHECKPOINT
+    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "liref"
+    folder = root.expanduser() / f"organism-{cfg.config_hash()}"
+    with file_lock(folder.parent / f"{folder.name}.lock", what=str(folder)):
+        if (folder / ORGANISM_FILE).is_file() and (folder / "config.json").is_file():
+            log.info("organism %s found in cache: %s", cfg.config_hash(), folder)
+            return folder
+        remove_orphans(folder.parent, [f".{folder.name}.tmp-*", f".{folder.name}.old-*"])
+        log.info("training organism %s into %s", cfg.config_hash(), folder)
+        train_and_save(cfg, folder, progress=progress)
+    return folder

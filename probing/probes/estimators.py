@@ -9,6 +9,7 @@ Saved as ``probe.safetensors`` (tensors) + ``probe.json`` (kind, params, layer, 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,10 +18,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from probing import __version__
 from probing.errors import LirefError
 from probing.io import read_json, write_json
 from probing.probes.directions import check_labels, diff_in_means, unit
+from probing.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Probe:
                 raise LirefError(f"{where} belongs to model {meta['model']!r}, not {model!r}")
             return
         from probing.fingerprint import model_fingerprint
-        from probing.models import model_id
+        from probing.model.blocks import model_id
 
         width = int(model.get_input_embeddings().weight.shape[1])
         if self.d_model_ is not None and width != self.d_model_:
@@ -334,6 +335,19 @@ class SparseProbe(LogisticProbe):
 
 
 PROBES: dict[str, type[Probe]] = {p.kind: p for p in (DiffMeanProbe, LogisticProbe, SparseProbe)}
+
+
+@dataclass
+class ProbeConfig:
+    """Which probe a job fits per layer (``conf/probe/*.yaml``): ``kind`` (one of ``PROBES``)
+    and its constructor ``params``."""
+
+    kind: str = "diffmean"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBES:
+            raise LirefError(f"unknown probe kind {self.kind!r}; allowed: {sorted(PROBES)}")
 
 
 def make_probe(kind: str, **params: Any) -> Probe:

@@ -239,6 +239,33 @@ def _val_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
             "auroc": auroc(y, scores)}
 
 
+@dataclass
+class EvalConfig:
+    """How probes are evaluated (``conf/eval/*.yaml``): grouped held-out split or nested k-fold.
+
+    ``val_size``: share that chooses the layer; ``test_size``: held-out share every reported
+    figure comes from; ``k_folds``: nested grouped k-fold instead (the layer chosen inside each
+    outer fold); ``select_by``: the validation metric that chooses the layer;
+    ``n_resamples``: bootstrap resamples of each 95% interval.
+    """
+
+    val_size: float = 0.2
+    test_size: float = 0.25
+    k_folds: int | None = None
+    select_by: str = "auroc"
+    n_resamples: int = 1000
+
+    def __post_init__(self) -> None:
+        if not (0 < self.val_size < 1 and 0 < self.test_size < 1
+                and self.val_size + self.test_size < 1):
+            raise LirefError(f"val_size={self.val_size}, test_size={self.test_size}: each in "
+                             "(0, 1) and their sum < 1")
+        if self.k_folds is not None and self.k_folds < 2:
+            raise LirefError(f"k_folds={self.k_folds}; allowed: null or >= 2")
+        if self.select_by not in ("auroc", "accuracy"):
+            raise LirefError(f"select_by={self.select_by!r}; allowed: auroc, accuracy")
+
+
 def evaluate_layers(
     acts: torch.Tensor,
     y: Sequence[int] | np.ndarray,

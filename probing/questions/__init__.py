@@ -8,19 +8,23 @@ Every loader has the signature ``loader(path: str | None, split: str | None, **o
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from probing.errors import LirefError
 from probing.questions.record import LABEL_TO_INT, LABELS, Label, Question
+from probing.questions.sampling import dedupe_questions, sample_balanced
 
 __all__ = [
+    "DataConfig",
     "LABELS",
     "LABEL_TO_INT",
     "Label",
     "Question",
     "QUESTION_SETS",
     "load_question_set",
+    "load_questions",
     "register_question_set",
 ]
 
@@ -76,12 +80,49 @@ def load_question_set(
     Returns:
         list of ``Question`` in source order (with ``n``: the kept subset, still in source order).
     """
-    from probing.questions.sampling import dedupe_questions, sample_balanced
-
     questions = _resolve(name)(path=path, split=split, **options)
     if not questions:
         raise LirefError(f"question set {name!r} (path={path!r}, split={split!r}) is empty")
     questions = dedupe_questions(questions)
+    if n is not None:
+        questions = sample_balanced(questions, n=n, seed=seed)
+    return questions
+
+
+@dataclass
+class DataConfig:
+    """The labelled questions a job probes (``conf/data/*.yaml``).
+
+    ``sets``: ``load_question_set`` mappings, concatenated then de-duplicated; ``n``: at most
+    this many, balanced across labels; ``transfer``: ``[{name, sets}]`` other labelled sets the
+    fitted probe is also read on; ``root``: folder the sets' paths are written against.
+    """
+
+    name: str = ""
+    sets: list[Any] = field(default_factory=list)
+    n: int | None = None
+    transfer: list[Any] = field(default_factory=list)
+    root: str | None = None
+
+
+def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,
+                   organism_path: str | None = None) -> list[Question]:
+    """Concatenate question sets (each a kwargs mapping for ``load_question_set``), drop
+    duplicates across sets (normalised text), then draw at most ``n`` balanced across labels.
+
+    ``organism_path``: checkpoint whose question sets an ``organism`` entry without a ``path``
+    reads (so a retrained organism is probed on its own corpus)."""
+    if not sets:
+        raise LirefError("data.sets is empty: name at least one question set")
+    questions: list[Question] = []
+    for spec in sets:
+        spec = dict(spec)
+        if "name" not in spec:
+            raise LirefError(f"question set entry {spec} has no 'name'")
+        if spec["name"] == "organism" and spec.get("path") is None and organism_path:
+            spec["path"] = organism_path
+        questions.extend(load_question_set(**{"seed": seed, **spec}))
+    questions = dedupe_questions(questions)  # across sets too (MGSM repeats GSM8K items)
     if n is not None:
         questions = sample_balanced(questions, n=n, seed=seed)
     return questions

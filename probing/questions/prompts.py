@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from probing.errors import LirefError
@@ -12,9 +12,11 @@ from probing.questions.record import Question
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "PromptConfig",
     "PromptTemplate",
     "format_prompt",
     "format_prompts",
+    "prompt_template",
     "render_choices",
 ]
 
@@ -145,3 +147,25 @@ def format_prompts(
 ) -> list[str]:
     """``format_prompt`` over a list."""
     return [format_prompt(it, template, tokenizer) for it in items]
+
+
+@dataclass
+class PromptConfig:
+    """A ``prompt:`` config section (``PromptTemplate``'s fields, lists instead of tuples)."""
+
+    template: str = PromptTemplate.template
+    few_shot: list[Any] = field(default_factory=list)
+    separator: str = PromptTemplate.separator
+    chat: bool = PromptTemplate.chat
+    system: str | None = PromptTemplate.system
+    choices: bool = PromptTemplate.choices
+    choice_format: str = PromptTemplate.choice_format
+
+
+def prompt_template(cfg: Mapping[str, Any] | None) -> PromptTemplate:
+    """``PromptTemplate`` from a ``prompt:`` config mapping (``None`` = the paper's template)."""
+    if not cfg:
+        return PromptTemplate()
+    kw = dict(cfg)
+    kw["few_shot"] = tuple(tuple(pair) for pair in kw.get("few_shot") or ())
+    return PromptTemplate(**kw)

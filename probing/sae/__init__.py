@@ -1,7 +1,6 @@
-"""Sparse autoencoders: training with sae-lens (``training``), runs over a corpus (``runs``),
-sae-lens-defined metrics (``metrics``), and matching latents to the LiReF (``matching``:
-geometry; ``nulls``, ``scores``, ``sparse_probing``, ``injection``; ``match_run``: a whole
-run)."""
+"""Sparse autoencoders: training with sae-lens (``training``), runs over a token corpus
+(``runs``) and sae-lens-defined quality metrics (``metrics``). Matching latents to the LiReF is
+the next stage: ``probing.matching``."""
 
 from __future__ import annotations
 
@@ -15,14 +14,6 @@ _EXPORTS: dict[str, str] = {
     "train_sae": "probing.sae.training",
     "SAEDataConfig": "probing.sae.runs",
     "train_sae_on_corpus": "probing.sae.runs",
-    "decoder_cosines": "probing.sae.matching",
-    "encoder_cosines": "probing.sae.matching",
-    "reconstruct_direction": "probing.sae.matching",
-    "reconstruction_curve": "probing.sae.matching",
-    "load_match": "probing.sae.matching",
-    "load_match_inputs": "probing.sae.matching",
-    "MatchSettings": "probing.sae.match_run",
-    "run_matching": "probing.sae.match_run",
 }
 
 __all__ = list(_EXPORTS)

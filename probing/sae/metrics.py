@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probing.batching import model_device
 from probing.errors import LirefError
-from probing.hooks import modify_residual
-from probing.models import model_device
+from probing.model.hooks import modify_residual
 
 __all__ = [
     "METRIC_KEYS",
@@ -123,7 +123,7 @@ def splice_block_output(
 ) -> Iterator[None]:
     """While active, block ``layer``'s output ``h [B, T, d]`` becomes ``replace(h)`` at
     ``positions`` (``[B, T]`` bool; ``None`` = everywhere). ``replace`` maps ``[n, d] -> [n, d]``.
-    (A thin use of ``probing.hooks.modify_residual``.)
+    (A thin use of ``probing.model.hooks.modify_residual``.)
     """
 
     def edit(h: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,16 @@ Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from probing.activations.tokens import TokenStreamConfig
 from probing.errors import LirefError, from_mapping
 from probing.sae.training import (
     LIREF_SAE_FILENAME,
@@ -28,6 +30,7 @@ from probing.sae.training import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SAEConfig",
     "SAEDataConfig",
     "SAEResult",
     "SAERunInfo",
@@ -35,6 +38,7 @@ __all__ = [
     "evaluate_sae_on_corpus",
     "hook_name",
     "resolve_layer",
+    "run_sae",
     "sae_metadata",
     "train_sae_on_corpus",
 ]
@@ -77,7 +81,7 @@ def sae_metadata(model_id: str, layer: int, context_size: int, corpus: str,
 
 
 @dataclass
-class SAEDataConfig:
+class SAEDataConfig(TokenStreamConfig):
     """Where an SAE's token activations come from and how it is evaluated.
 
     Args:
@@ -99,13 +103,7 @@ class SAEDataConfig:
             none (``None``).
     """
 
-    layer: int | None = None
-    context_size: int = 128
-    batch_size: int = 64
-    drop_bos: bool = True
-    dtype: str = "float32"
-    shard_tokens: int = 65536
-    max_tokens: int | None = None
+    layer: int | None = None  # type: ignore[assignment]
     use_cache: bool = True
     cache_dir: str | None = None
     shuffle_buffer: int = 65536
@@ -113,15 +111,20 @@ class SAEDataConfig:
     heldout_tokens: int = 20000
     eval_tokens_during_training: int = 4096
     ce_batches: int = 8
-    ce_last_tokens: int | str | None = "auto"
+    ce_last_tokens: Any = "auto"  # int, "auto" or None (a config schema allows no unions)
+
+    def cache_root(self) -> str:
+        """``cache_dir``, which ``use_cache`` needs (one clear error without it)."""
+        if not self.cache_dir:
+            raise LirefError("use_cache=true needs a cache_dir (activations.cache_dir)")
+        return self.cache_dir
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the token stream's checks
         if not (self.ce_last_tokens in (None, "auto") or (isinstance(self.ce_last_tokens, int)
                                                           and self.ce_last_tokens >= 1)):
             raise LirefError(f"ce_last_tokens must be null, 'auto' or >= 1, got "
                              f"{self.ce_last_tokens!r}")
-        if self.use_cache and not self.cache_dir:
-            raise LirefError("use_cache=true needs a cache_dir")
         for name in ("shuffle_buffer", "heldout_texts", "heldout_tokens",
                      "eval_tokens_during_training", "ce_batches"):
             if int(getattr(self, name)) < 1:
@@ -138,12 +141,29 @@ class SAEDataConfig:
         return None if self.ce_last_tokens is None else int(self.ce_last_tokens)
 
     def stream(self, layer: int, max_tokens: int | None = None) -> Any:
-        from probing.activations.tokens import TokenStreamConfig
+        return TokenStreamConfig(layer=layer, max_tokens=max_tokens,
+                                 **{f.name: getattr(self, f.name) for f in fields(TokenStreamConfig)
+                                    if f.name not in ("layer", "max_tokens")})
 
-        return TokenStreamConfig(layer=layer, context_size=self.context_size,
-                                 batch_size=self.batch_size, drop_bos=self.drop_bos,
-                                 dtype=self.dtype, shard_tokens=self.shard_tokens,
-                                 max_tokens=max_tokens)
+
+@dataclass
+class SAEConfig(SAETrainConfig):
+    """An ``sae:`` config section: an SAE to train (``SAETrainConfig``) or, with
+    ``architecture: pretrained``, a sae-lens release to load: ``pretrained`` = ``{release,
+    sae_id, layer, model}``."""
+
+    pretrained: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.architecture != "pretrained":
+            super().__post_init__()
+        elif not (self.pretrained or {}).get("release"):
+            raise LirefError("architecture: pretrained needs pretrained.release (a sae-lens "
+                             "release name) and pretrained.sae_id")
+
+    def train_config(self) -> SAETrainConfig:
+        """The training settings alone."""
+        return SAETrainConfig(**{f.name: getattr(self, f.name) for f in fields(SAETrainConfig)})
 
 
 @dataclass
@@ -162,8 +182,8 @@ class SAEResult:
 
 def resolve_layer(model: Any, layer: int | None) -> int:
     """``layer`` validated (negative counts from the end); ``None`` = the middle block."""
-    from probing.hooks import check_layers
-    from probing.models import num_layers
+    from probing.model.blocks import num_layers
+    from probing.model.hooks import check_layers
 
     if layer is None:
         return num_layers(model) // 2
@@ -198,7 +218,7 @@ def _sources(model: Any, tokenizer: Any, corpus: Any, data: SAEDataConfig, layer
             return iter_residual_tokens(model, tokenizer, held_corpus.texts, held_stream)
 
         return train_chunks, held_chunks, held_corpus, {}, {}
-    assert data.cache_dir is not None
+    data.cache_root()
     held_cache, built_held = get_or_build_token_cache(
         model, tokenizer, held_corpus.texts, data.cache_dir, held_stream,
         held_corpus.fingerprint, held_corpus.description)
@@ -260,7 +280,7 @@ def train_sae_on_corpus(
     import tempfile
 
     from probing.activations.tokens import activation_batches
-    from probing.models import model_id
+    from probing.model.blocks import model_id
     from probing.sae.metrics import plot_latent_density, reconstruction_metrics
 
     layer = resolve_layer(model, data.layer)
@@ -274,7 +294,7 @@ def train_sae_on_corpus(
     def evaluate(sae: Any, scaler: Any) -> dict[str, float]:
         return reconstruction_metrics(sae, [scaler(eval_acts.float())]).scalars()
 
-    from probing.models import resolve_dtype
+    from probing.model.loading import resolve_dtype
 
     provider = activation_batches(train_chunks, cfg.batch_size, data.shuffle_buffer, seed=seed,
                                   dtype=resolve_dtype(cfg.dtype))
@@ -353,3 +373,52 @@ def _take(chunks: Iterator[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
         yield c
         if seen >= n:
             return
+
+
+def run_sae(load_model: Callable[[], tuple[Any, Any]], sae_cfg: SAEConfig,
+            corpus_cfg: Any, data: SAEDataConfig, out_dir: str | Path,
+            layer: int | None = None, probe_dir: str | Path | None = None, seed: int = 0,
+            on_log: Callable[[dict[str, float], int], None] | None = None,
+            ) -> tuple[SAEResult, str, dict[str, Any]]:
+    """A whole SAE run (the body of ``train.sae`` and of the pipeline's ``sae`` stage): train an
+    SAE on ``corpus_cfg``'s texts at ``layer`` (``None``: the pretrained entry's layer, else the
+    probe run's chosen layer, else the middle block), or evaluate a pretrained one.
+
+    ``load_model``: returns ``(model, tokenizer)``; called after a pretrained SAE loaded, so an
+    unreachable hub fails first. Returns the result, the architecture's name and the flat
+    metrics of ``metrics.json``."""
+    from probing.activations.corpus import load_corpus
+    from probing.model.loading import organism_checkpoint
+    from probing.probes.run import recorded_layer
+    from probing.sae.training import load_sae
+
+    pretrained = sae_cfg.pretrained if sae_cfg.architecture == "pretrained" else None
+    if layer is None and pretrained:
+        layer = pretrained.get("layer")
+    if layer is None and probe_dir is not None:
+        layer = recorded_layer(probe_dir)
+    data = dataclasses.replace(data, layer=layer)
+    sae = None
+    if pretrained:  # first, so that an unreachable hub fails before the model loads
+        sae = load_sae(pretrained["release"], pretrained.get("sae_id"), device=sae_cfg.device,
+                       dtype=sae_cfg.dtype)
+    model, tokenizer = load_model()
+    corpus = load_corpus(**dataclasses.asdict(corpus_cfg), seed=seed,
+                         organism_checkpoint=organism_checkpoint(model))
+    if pretrained:
+        result = evaluate_pretrained_on_corpus(model, tokenizer, corpus, sae, data,
+                                               out_dir=out_dir, seed=seed)
+        arch = f"pretrained:{pretrained['release']}/{pretrained.get('sae_id')}"
+    else:
+        train_cfg = sae_cfg.train_config()
+        result = train_sae_on_corpus(model, tokenizer, corpus, train_cfg, data, out_dir=out_dir,
+                                     seed=seed, on_log=on_log)
+        arch = train_cfg.architecture
+    metrics = {
+        **result.metrics,
+        "layer": result.layer,
+        "d_sae": int(result.sae.cfg.d_sae),
+        "cache_reused": float(not any(result.cache_built.values())) if result.cache_built
+        else 0.0,
+    }
+    return result, arch, metrics

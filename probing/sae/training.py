@@ -120,7 +120,7 @@ class SAETrainConfig:
     lr_scheduler: str = "constant"
     lr_warm_up_steps: int = 0
     lr_decay_steps: int = 0
-    training_tokens: int = 1_000_000
+    training_tokens: int = 2_000_000
     batch_size: int = 1024
     normalize_activations: str = "expected_average_only_in"
     n_batches_for_norm_estimate: int = 16
@@ -134,7 +134,7 @@ class SAETrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     log_every: int = 50
-    eval_every: int = 0
+    eval_every: int = 500
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

@@ -1,8 +1,9 @@
 """Steering: interventions on the residual stream (``interventions``), the ``steer`` context
-(``context``: ``steer``, one or several settings per batch, hooks through ``probing.hooks``), published
-presets (``presets``), controls (``controls``: same-norm random directions, orthogonalised
-directions, density-matched random latents) and readers of probe / matching run folders
-(``sources``)."""
+(``context``: one or several settings per batch, hooks through ``probing.model.hooks``),
+published presets (``presets``), controls (``controls``: same-norm random directions,
+orthogonalised directions, density-matched random latents), readers of probe / matching run
+folders (``sources``), the settings of a sweep (``sweep``), their evaluation on question sets
+(``evaluate``) and a whole run (``run``: ``run_steering``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     "ProbeRun": "probing.steering.sources",
     "load_match_run": "probing.steering.sources",
     "load_probe_run": "probing.steering.sources",
+    "EvalSet": "probing.steering.evaluate",
+    "evaluate_generation": "probing.steering.evaluate",
+    "evaluate_teacher_forced": "probing.steering.evaluate",
 }
 
 __all__ = list(_EXPORTS)

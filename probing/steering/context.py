@@ -16,7 +16,7 @@ which setting each batch row gets (``-1`` = none, the unsteered baseline in the 
 Interventions of one kind at one site are applied to all their rows at once (a per-row vector
 table for additions, per-row unit vectors and coefficients for projections, per-row latents and
 values for clamps). Hooks are removed on exit, also after an exception; activations recorded
-inside the context (``probing.hooks.record_residual``, ``extract_activations``) are the steered
+inside the context (``probing.model.hooks.record_residual``, ``extract_activations``) are the steered
 ones.
 """
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from probing.errors import LirefError
-from probing.hooks import ForwardPositions, modify_sites, track_positions
+from probing.model.hooks import ForwardPositions, modify_sites, track_positions
 from probing.steering.interventions import Add, Clamp, Intervention, Op, Project
 
 __all__ = ["Steering", "steer", "steer_settings"]

@@ -12,7 +12,7 @@ operations on hidden states ``h [B, T, d]`` (``steer`` applies them, several set
 Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), as in extraction.
 Positions: ``"all"`` (every column, padding included, which nothing attends to), ``"prompt"``,
 ``"generated"`` (columns of the prompt / of generated tokens, also under a KV cache; see
-``probing.hooks.ForwardPositions``) or an explicit ``[B, C]`` bool mask over absolute columns
+``probing.model.hooks.ForwardPositions``) or an explicit ``[B, C]`` bool mask over absolute columns
 (columns past ``C`` are not steered).
 """
 
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from probing.errors import LirefError
-from probing.hooks import SITES, check_layers
+from probing.model.hooks import SITES, check_layers
 
 __all__ = [
     "DIRECTION_UNITS",

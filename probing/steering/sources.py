@@ -95,7 +95,7 @@ class MatchRun:
 
 def load_match_run(folder: str | Path) -> MatchRun:
     """Read ``folder/latents.json`` and ``folder/match.json`` (the matching job's output)."""
-    from probing.sae.matching import load_match
+    from probing.matching.inputs import load_match
 
     root = Path(folder).expanduser()
     if (root / "match").is_dir() and not (root / "match.json").is_file():

@@ -192,8 +192,8 @@ def convert_gguf(gguf_file: str | Path, cache_dir: str | Path | None = None,
     file lock, so concurrent jobs convert once and nobody reads a half-written folder.
     ``expected_sha256``: the known hash (built-in models); a different file is logged.
     """
-    from probing import __version__
     from probing.io import write_json
+    from probing.version import __version__
 
     gguf = Path(gguf_file).expanduser().resolve()
     if not gguf.is_file():

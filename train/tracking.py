@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,26 @@ log = logging.getLogger(__name__)
 __all__ = ["MODES", "Tracker", "flatten", "read_offline_run", "tracked"]
 
 MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class LoggerConfig:
+    """wandb settings of a job (``conf/logger/*.yaml``): ``mode`` offline (written under the run
+    folder, ``wandb sync`` later), online or disabled; ``name`` / ``group`` null = derived from
+    the job and its sweep."""
+
+    mode: str = "offline"
+    project: str = "liref"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            from probing.errors import LirefError
+
+            raise LirefError(f"unknown logger mode {self.mode!r}; allowed: {list(MODES)}")
 
 
 class Tracker:

@@ -218,9 +218,9 @@ def build_eval_set(spec: Mapping[str, Any], template: Any = None, tokenizer: Any
     ``seed``), the rest passed to ``load_question_set`` (``name``, ``path``, ``split``,
     ``kinds``, ...). Questions whose id is in ``exclude`` (the items the direction was fitted
     on) are dropped before the draw."""
-    from probing.questions.prompts import PromptTemplate, format_prompts
+    from probing.questions import load_questions
+    from probing.questions.prompts import PromptTemplate, format_prompts, prompt_template
     from probing.questions.sampling import sample_balanced
-    from probing.workflow import load_questions, prompt_template
 
     spec = dict(spec)
     name = str(spec.pop("set", None) or spec.get("name") or "")

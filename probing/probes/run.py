@@ -15,161 +15,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from probing import __version__
-from probing.activations.cache import CachedActivations, cached_extract
 from probing.errors import LirefError
 from probing.io import write_json
-from probing.models import load_model, model_id
-from probing.probes.controls import bow_scores, embedding_scores, mean_input_embeddings
+from probing.probes.controls import bow_scores, embedding_scores
+from probing.probes.data import ProbeData
 from probing.probes.directions import layer_directions, save_directions
 from probing.probes.estimators import make_probe
 from probing.probes.evaluation import evaluate_layers, score_metrics, transfer_metrics
-from probing.questions import LABEL_TO_INT, Question, load_question_set
-from probing.questions.prompts import PromptTemplate, format_prompts
-from probing.questions.sampling import dedupe_questions, sample_balanced
-from probing.report.plots import plot_layer_metrics, plot_pca
+from probing.probes.plots import plot_layer_metrics, plot_pca
+from probing.questions import Question
+from probing.version import __version__
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ProbeData",
-    "ProbeReport",
-    "extract_for_questions",
-    "load_model_from_config",
-    "load_questions",
-    "organism_checkpoint",
-    "probe_data",
-    "prompt_template",
-    "question_summary",
-    "run_probe_stage",
-]
+__all__ = ["ProbeReport", "question_summary", "recorded_layer", "run_probe_stage"]
 
 
-def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a ``conf/model/*.yaml`` mapping.
-
-    For ``name: organism``, a changed organism config or ``retrain: true`` trains a new organism
-    into ``cache_dir`` first (see ``probing.organism.ensure_organism``). GGUF models (a built-in
-    name like ``smollm2-135m``, a ``.gguf`` path, or ``gguf_file``) are converted once to
-    safetensors under ``cache_dir/gguf``.
-    """
-    name = str(model_cfg["name"])
-    if name == "organism":
-        from probing.organism import ensure_organism
-
-        name = str(ensure_organism(model_cfg.get("organism"), bool(model_cfg.get("retrain", False)),
-                                   Path(cache_dir) / "organism"))
-    model, tokenizer = load_model(
-        name,
-        dtype=str(model_cfg.get("dtype", "float32")),
-        device=str(model_cfg.get("device", "cpu")),
-        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-        device_map=model_cfg.get("device_map"),
-        revision=model_cfg.get("revision"),
-        gguf_file=model_cfg.get("gguf_file"),
-        cache_dir=cache_dir,
-    )
-    model.config.liref_name = str(model_cfg["name"])
-    return model, tokenizer
 
 
-def organism_checkpoint(model: Any) -> str | None:
-    """The folder of a loaded organism (the committed one or a retrained one), else ``None``."""
-    cfg = model.config
-    return str(cfg._name_or_path) if getattr(cfg, "liref_name", None) == "organism" else None
 
 
-def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,
-                   organism_path: str | None = None) -> list[Question]:
-    """Concatenate question sets (each a kwargs mapping for ``load_question_set``), drop
-    duplicates across sets (normalised text), then draw at most ``n`` balanced across labels.
-
-    ``organism_path``: checkpoint whose question sets an ``organism`` entry without a ``path``
-    reads (so a retrained organism is probed on its own corpus)."""
-    if not sets:
-        raise LirefError("data.sets is empty: name at least one question set")
-    questions: list[Question] = []
-    for spec in sets:
-        spec = dict(spec)
-        if "name" not in spec:
-            raise LirefError(f"question set entry {spec} has no 'name'")
-        if spec["name"] == "organism" and spec.get("path") is None and organism_path:
-            spec["path"] = organism_path
-        questions.extend(load_question_set(**{"seed": seed, **spec}))
-    questions = dedupe_questions(questions)  # across sets too (MGSM repeats GSM8K items)
-    if n is not None:
-        questions = sample_balanced(questions, n=n, seed=seed)
-    return questions
 
 
-def prompt_template(cfg: Mapping[str, Any] | None) -> PromptTemplate:
-    """``PromptTemplate`` from a ``prompt:`` config mapping (``None`` = the paper's template)."""
-    if not cfg:
-        return PromptTemplate()
-    kw = dict(cfg)
-    kw["few_shot"] = tuple(tuple(pair) for pair in kw.get("few_shot") or ())
-    return PromptTemplate(**kw)
 
 
-def extract_for_questions(model: Any, tokenizer: Any, questions: Sequence[Question],
-                          cache_dir: str | Path, layers: Sequence[int] | None = None,
-                          position: str = "last", batch_size: int = 8,
-                          template: PromptTemplate | None = None) -> CachedActivations:
-    """Prompt the questions and return their (cached) activations ``[N, L, d]``."""
-    return probe_data(model, tokenizer, questions, cache_dir, layers, position, batch_size,
-                      template, controls=False).cached
 
 
-@dataclass
-class ProbeData:
-    """One labelled question set ready for probing.
-
-    Attributes:
-        cached: activations ``[N, L, d]`` (from the cache).
-        questions: the N questions (labels, groups, ids).
-        prompts: the N prompt strings (the bag-of-words control reads them).
-        embeddings: ``[N, d]`` mean input embedding of each prompt's tokens (the embedding
-            control), or ``None``.
-        template: the prompt template (recorded in every saved probe).
-    """
-
-    cached: CachedActivations
-    questions: list[Question]
-    prompts: list[str]
-    embeddings: torch.Tensor | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
-
-    @property
-    def targets(self) -> np.ndarray:
-        """``[N]`` int64: 1 reasoning, 0 memory."""
-        return _targets(self.questions)
-
-    @property
-    def groups(self) -> list[str]:
-        return [q.group for q in self.questions]
-
-    def controls(self) -> dict[str, Any]:
-        """Inputs of the controls: ``{"texts": prompts, "embeddings": [N, d]}``."""
-        out: dict[str, Any] = {"texts": self.prompts}
-        if self.embeddings is not None:
-            out["embeddings"] = self.embeddings.numpy()
-        return out
 
 
-def probe_data(model: Any, tokenizer: Any, questions: Sequence[Question], cache_dir: str | Path,
-               layers: Sequence[int] | None = None, position: str = "last", batch_size: int = 8,
-               template: PromptTemplate | None = None, controls: bool = True) -> ProbeData:
-    """Prompts, cached activations ``[N, L, d]`` and (``controls``) mean input embeddings."""
-    template = template or PromptTemplate()
-    prompts = format_prompts(questions, template, tokenizer)
-    special = not template.chat  # a chat template's string already holds its BOS
-    cached = cached_extract(model, tokenizer, prompts, cache_dir, layers=layers,
-                            position=position, batch_size=batch_size,
-                            labels=[q.label for q in questions], ids=[q.id for q in questions],
-                            add_special_tokens=special)
-    embeddings = (mean_input_embeddings(model, tokenizer, prompts, special) if controls
-                  else None)
-    return ProbeData(cached, list(questions), prompts, embeddings, template)
 
 
 @dataclass
@@ -183,8 +56,6 @@ class ProbeReport:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _targets(questions: Sequence[Question]) -> np.ndarray:
-    return np.array([LABEL_TO_INT[q.label] for q in questions], dtype=np.int64)
 
 
 def question_summary(questions: Sequence[Question],
@@ -310,9 +181,18 @@ def run_probe_stage(
                        directions=directions, files=files)
 
 
-def describe_model(model: Any) -> dict[str, Any]:
-    """Metadata of a loaded model: id, number of layers, width."""
-    from probing.models import num_layers
+def recorded_layer(probe_dir: str | Path) -> int | None:
+    """The layer a probe run chose on validation data (``best_layer`` in its ``metrics.json``;
+    a pipeline run folder's ``probe/best_layer`` works too); ``None`` when it has none. Every later
+    stage takes its layer from here: the chosen layer travels one way."""
+    from probing.io import read_json
 
-    return {"model": model_id(model), "n_layers": num_layers(model),
-            "d_model": int(model.get_input_embeddings().weight.shape[1])}
+    root = Path(probe_dir).expanduser()
+    if (root / "metrics.json").is_file():
+        best = read_json(root / "metrics.json").get("best_layer")
+        if best is not None:
+            return int(best)
+    if (root.parent / "metrics.json").is_file():
+        best = read_json(root.parent / "metrics.json").get(f"{root.name}/best_layer")
+        return None if best is None else int(best)
+    return None

@@ -31,20 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from probing import __version__
 from probing.errors import LirefError, from_mapping
 from probing.io import write_json
+from probing.matching.geometry import decoder_matrix, omp_path, unit_direction
+from probing.matching.injection import READOUTS, InjectionConfig, Target
+from probing.matching.inputs import LATENTS_FILENAME, MATCH_FILENAME, MatchInputs
 from probing.questions import LABEL_TO_INT, Question
-from probing.sae.injection import READOUTS, InjectionConfig, Target
-from probing.sae.matching import (
-    LATENTS_FILENAME,
-    MATCH_FILENAME,
-    MatchInputs,
-    decoder_matrix,
-    omp_path,
-    unit_direction,
-)
 from probing.stats import auroc_with_ci
+from probing.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +220,8 @@ def question_sources(questions: Sequence[Question], key: str = "auto") -> tuple[
 def _cosine_block(inputs: MatchInputs, x: torch.Tensor, y: np.ndarray, s: MatchSettings
                   ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Cosines, the three nulls, significance; returns (columns, summary, plot samples)."""
-    from probing.sae.matching import decoder_cosines, encoder_cosines
-    from probing.sae.nulls import (
+    from probing.matching.geometry import decoder_cosines, encoder_cosines
+    from probing.matching.nulls import (
         analytic_z,
         cosine_null,
         cosine_significance,
@@ -351,14 +345,13 @@ def run_matching(
     Returns:
         ``MatchResult``.
     """
-    from probing.questions.prompts import PromptTemplate, format_prompts
-    from probing.sae.match_plots import (
+    from probing.matching.plots import (
         plot_class_histograms,
         plot_cosine_histogram,
         plot_reconstruction,
         plot_sparse_probes,
     )
-    from probing.sae.scores import (
+    from probing.matching.scores import (
         class_scores,
         encode_questions,
         gap_decomposition,
@@ -366,7 +359,8 @@ def run_matching(
         token_stats,
         top_examples,
     )
-    from probing.sae.sparse_probing import sparse_probe_table
+    from probing.matching.sparse_probes import sparse_probe_table
+    from probing.questions.prompts import PromptTemplate, format_prompts
 
     s = settings or MatchSettings()
     template = template or PromptTemplate()
@@ -535,9 +529,9 @@ def _injection(model: Any, tokenizer: Any, sae: Any, acts: Any, questions: Seque
                add_special: bool, inputs: MatchInputs, s: MatchSettings, progress: bool
                ) -> list[dict[str, Any]]:
     """The token-injection control of the top ``injection.top_k`` latents and the LiReF."""
+    from probing.matching.injection import ngram_table, random_units, run_injection, top_units
+    from probing.matching.scores import prompt_readouts
     from probing.questions.prompts import format_prompts
-    from probing.sae.injection import ngram_table, random_units, run_injection, top_units
-    from probing.sae.scores import prompt_readouts
 
     cfg = s.injection
     tok = acts.tokens

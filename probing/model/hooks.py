@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from probing.batching import model_device
 from probing.errors import LirefError
-from probing.models import decoder_layers, model_device
+from probing.model.blocks import decoder_layers
 
 __all__ = [
     "SITES",

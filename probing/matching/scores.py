@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probing.activations.extract import pad_right, pool_positions, tokenize_prompts
+from probing.activations.extract import pool_positions, tokenize_prompts
+from probing.batching import pad_right
 from probing.errors import LirefError
-from probing.hooks import check_layers, forward_residual
+from probing.model.hooks import check_layers, forward_residual
 from probing.probes.directions import check_labels
 from probing.stats import auroc, cohens_d
 
@@ -364,7 +365,7 @@ def gap_decomposition(sae: Any, x: torch.Tensor, f: torch.Tensor,
         ``gap``, ``bias_term``, ``error_term`` (floats), ``contribution`` and ``share``
         (``contribution / gap``) ``[d_sae]`` numpy.
     """
-    from probing.sae.matching import decoder_matrix
+    from probing.matching.geometry import decoder_matrix
 
     y_arr = check_labels(x, y)
     w = decoder_matrix(sae)

@@ -8,8 +8,8 @@ geometry is computed in float64 on CPU. Layer ``l`` = output of decoder block ``
 ``hidden_states[l + 1]``), sae-lens hook ``blocks.{l}.hook_resid_post``.
 
 The statistics (nulls, activation scores, sparse probes, token injection) live in
-``probing.sae.nulls`` / ``scores`` / ``sparse_probing`` / ``injection``; a whole matching run
-(``run_matching``, the ``analysis.match`` job's body) in ``probing.sae.match_run``; its
+``probing.matching.nulls`` / ``scores`` / ``sparse_probing`` / ``injection``; a whole matching run
+(``run_matching``, the ``analysis.match`` job's body) in ``probing.matching.run``; its
 outputs are read back with ``load_match``.
 """
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -33,20 +33,12 @@ __all__ = [
     "LATENTS_FILENAME",
     "MATCH_FILENAME",
     "MatchInputs",
-    "Reconstruction",
     "check_model",
-    "decoder_cosines",
-    "decoder_matrix",
-    "encoder_cosines",
-    "encoder_matrix",
     "find_sae_dirs",
+    "inputs_from_settings",
     "load_match",
     "load_match_inputs",
-    "omp_path",
-    "reconstruct_direction",
-    "reconstruction_curve",
     "resolve_probe_dir",
-    "unit_direction",
 ]
 
 #: provenance of a match run (what ``analysis.steer`` needs to load the SAE and the latents)
@@ -55,142 +47,24 @@ MATCH_FILENAME = "match.json"
 LATENTS_FILENAME = "latents.json"
 
 
-def decoder_matrix(sae: Any) -> torch.Tensor:
-    """``W_dec`` ``[d_sae, d_in]`` as float64 on CPU."""
-    return sae.W_dec.detach().to("cpu", torch.float64)
 
 
-def encoder_matrix(sae: Any) -> torch.Tensor:
-    """``W_enc`` ``[d_in, d_sae]`` as float64 on CPU."""
-    return sae.W_enc.detach().to("cpu", torch.float64)
 
 
-def unit_direction(direction: torch.Tensor, d_in: int) -> torch.Tensor:
-    """``direction / ||direction||`` ``[d_in]`` float64; width checked against the SAE."""
-    r = torch.as_tensor(direction).detach().to("cpu", torch.float64).reshape(-1)
-    if r.shape[0] != d_in:
-        raise LirefError(f"the direction has width {r.shape[0]} but the SAE reads {d_in}-wide "
-                         f"activations: they come from different models or layers")
-    norm = r.norm()
-    if not torch.isfinite(norm) or norm == 0:
-        raise LirefError("the direction is zero (or not finite): nothing to match")
-    return r / norm
 
 
-def _row_cosines(rows: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
-    norms = rows.norm(dim=1)
-    cos = rows @ r_hat / norms.clamp_min(1e-30)
-    return torch.where(norms > 0, cos, torch.zeros_like(cos))
 
 
-def decoder_cosines(sae: Any, direction: torch.Tensor) -> torch.Tensor:
-    """Signed cosine of every decoder row with ``direction``: ``[d_sae]`` float64 (a zero
-    row gets 0)."""
-    w = decoder_matrix(sae)
-    return _row_cosines(w, unit_direction(direction, w.shape[1]))
 
 
-def encoder_cosines(sae: Any, direction: torch.Tensor) -> torch.Tensor:
-    """Signed cosine of every encoder column with ``direction``: ``[d_sae]`` float64."""
-    w = encoder_matrix(sae).T
-    return _row_cosines(w, unit_direction(direction, w.shape[1]))
 
 
-class Reconstruction(NamedTuple):
-    """A k-latent approximation of the unit direction: ``sum_j coefficients[j] *
-    W_dec[indices[j]]``; ``cosine`` = its cosine with the direction."""
-
-    indices: list[int]
-    coefficients: torch.Tensor  # [k] float64, signed, in units of the (unnormalised) rows
-    cosine: float
 
 
-def omp_path(w_dec: torch.Tensor, r_hat: torch.Tensor, max_k: int) -> list[Reconstruction]:
-    """Orthogonal matching pursuit of ``r_hat`` ``[d]`` (unit) over the rows of ``w_dec``
-    ``[d_sae, d]``: step k adds the row whose normalised version has the largest
-    ``|<residual, row>|`` and refits all k coefficients by least squares (signed; an
-    incrementally orthogonalised basis, so each step costs O(d_sae * d)).
-
-    Returns one ``Reconstruction`` per k = 1..max_k (nested: OMP is greedy, so the k-atom
-    set is the best found by this path, not the best of all k-subsets). Stops early when the
-    residual vanishes or no linearly independent usable row is left.
-    """
-    if max_k < 1:
-        raise LirefError(f"k must be >= 1, got {max_k}")
-    w = w_dec.to(torch.float64)
-    r = r_hat.to(torch.float64)
-    r = r / r.norm()
-    norms = w.norm(dim=1)
-    usable = norms > 0
-    atoms = w / norms.clamp_min(1e-30).unsqueeze(1)
-    d = w.shape[1]
-    q = torch.zeros((d, 0), dtype=torch.float64)  # orthonormal basis of the chosen rows
-    rmat = torch.zeros((0, 0), dtype=torch.float64)  # w[chosen].T = q @ rmat
-    residual = r.clone()
-    chosen: list[int] = []
-    out: list[Reconstruction] = []
-    scores = torch.empty(w.shape[0], dtype=torch.float64)
-    while len(out) < min(max_k, d):
-        torch.mv(atoms, residual, out=scores)
-        scores.abs_()
-        scores[~usable] = -1.0
-        if chosen:
-            scores[torch.tensor(chosen)] = -1.0
-        j = int(scores.argmax())
-        if scores[j] < 0:
-            break
-        a = w[j]
-        proj = q.T @ a
-        v = a - q @ proj
-        proj2 = q.T @ v  # re-orthogonalise once (classical Gram-Schmidt, twice)
-        v = v - q @ proj2
-        proj = proj + proj2
-        nv = float(v.norm())
-        if nv <= 1e-10 * float(norms[j]):
-            usable[j] = False  # in the span of the chosen rows: skip it
-            continue
-        chosen.append(j)
-        k = len(chosen)
-        q = torch.cat([q, (v / nv).unsqueeze(1)], 1)
-        grown = torch.zeros((k, k), dtype=torch.float64)
-        grown[: k - 1, : k - 1] = rmat
-        grown[: k - 1, k - 1] = proj
-        grown[k - 1, k - 1] = nv
-        rmat = grown
-        qr = q.T @ r
-        coef = torch.linalg.solve_triangular(rmat, qr.unsqueeze(1), upper=True).reshape(-1)
-        residual = r - q @ qr
-        norm = float(qr.norm())  # = ||approx||; its cosine with the unit r is ||Q^T r||
-        out.append(Reconstruction(list(chosen), coef, norm))
-        if float(residual.norm()) < 1e-12:
-            break
-    return out
 
 
-def reconstruct_direction(sae: Any, direction: torch.Tensor, k: int) -> Reconstruction:
-    """``(indices, coefficients, cosine)`` of the k-latent OMP reconstruction of the unit
-    direction from decoder rows (fewer than k when it is exact earlier)."""
-    w = decoder_matrix(sae)
-    path = omp_path(w, unit_direction(direction, w.shape[1]), k)
-    return path[-1]
 
 
-def reconstruction_curve(sae: Any, direction: torch.Tensor,
-                         ks: Iterable[int] = range(1, 65)) -> list[dict[str, Any]]:
-    """Cosine of the k-latent OMP reconstruction vs k: ``[{"k", "cosine", "latent" (added at
-    step k), "coefficient" (its coefficient at step k)}]`` for each k in ``ks`` (a k past an
-    early exact stop repeats the last reconstruction)."""
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise LirefError(f"reconstruction ks must be >= 1, got {ks}")
-    w = decoder_matrix(sae)
-    path = omp_path(w, unit_direction(direction, w.shape[1]), ks[-1])
-    rows = []
-    for k in ks:
-        rec = path[min(k, len(path)) - 1]
-        rows.append({"k": k, "cosine": rec.cosine, "latent": rec.indices[-1],
-                     "coefficient": float(rec.coefficients[-1])})
-    return rows
 
 
 def load_match(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -391,9 +265,34 @@ def load_match_inputs(
         probe_meta=dict(pmeta), sae_info=dict(info), **src)
 
 
+def inputs_from_settings(probe_dir: str | Path | None, sae_dir: str | Path | None = None,
+                         sae: Mapping[str, Any] | None = None, layer: int | None = None,
+                         position: str | None = None) -> MatchInputs:
+    """``load_match_inputs`` from a match job's settings: ``sae`` is an ``sae:`` config section
+    (an architecture that picks one SAE under ``sae_dir``, or ``pretrained: {release, sae_id,
+    layer}``); ``position`` (``None`` = the probe's) must equal the probe's."""
+    sae = dict(sae or {})
+    pretrained = sae.get("pretrained") or {}
+    if probe_dir is None:
+        raise LirefError("probe_dir is required: a train.probe or analysis.pipeline run folder")
+    if pretrained and sae_dir:
+        raise LirefError(f"both sae_dir={sae_dir} and a pretrained SAE "
+                         f"({pretrained.get('release')}) are set; give one")
+    if layer is None and pretrained:
+        layer = pretrained.get("layer")
+    inputs = load_match_inputs(
+        probe_dir, sae_dir=sae_dir, release=pretrained.get("release"),
+        sae_id=pretrained.get("sae_id"), layer=None if layer is None else int(layer),
+        architecture=None if pretrained else sae.get("architecture"))
+    if position not in (None, inputs.position):
+        raise LirefError(f"position={position} but the probe read its activations at "
+                         f"{inputs.position!r}; leave position unset (null)")
+    return inputs
+
+
 def check_model(inputs: MatchInputs, model: Any) -> None:
     """The loaded model must be the one the probe and the SAE were made on (id and width)."""
-    from probing.models import model_id
+    from probing.model.blocks import model_id
 
     width = int(model.get_input_embeddings().weight.shape[1])
     if width != inputs.d_model:

@@ -1,0 +1,329 @@
+"""A whole steering run (the body of ``analysis.steer`` and of the pipeline's ``steer`` stage).
+
+``run_steering(model, tokenizer, settings, sets, out_dir)``: the settings of a sweep (the LiReF of a
+probe run and, with a matching run, its top latents; every strength beside its controls) are
+evaluated on held-out question sets, paired against the unsteered run on the same items. Writes
+``results.json`` / ``results.csv`` (one row per set x metric x setting), ``items.json`` (flips
+per setting, completions), ``settings.json`` and one PNG per (metric, intervention, layer, rank);
+returns a ``SteeringResult`` whose ``metrics`` are the headline effects at the strengths fixed in
+advance (``settings.headline``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from probing.errors import LirefError
+from probing.io import read_json, write_json
+from probing.steering.sweep import INTERVENTIONS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GenerateSettings",
+    "SteerSets",
+    "SteeringControls",
+    "SteeringResult",
+    "SteeringSettings",
+    "check_steer_sets",
+    "fitted_ids",
+    "run_steering",
+]
+
+UNITS = ("abs", "gap", "norm")
+POSITIONS = ("all", "prompt", "generated")
+METRICS = ("teacher_forced", "generate")
+
+
+@dataclass
+class SteeringControls:
+    """The controls beside every steered setting."""
+
+    n_random: int = 3  # seeded random directions of the same norm
+    negated: bool = True  # -LiReF (add)
+    orthogonal: bool = True  # LiReF minus the span of the top latents' decoder rows
+    top_k_latents: int = 2  # matched latents steered with (add_latent, clamp_latent)
+    n_random_latents: int = 3  # random latents of similar firing density per matched latent
+
+    def __post_init__(self) -> None:
+        for name in ("n_random", "top_k_latents", "n_random_latents"):
+            if int(getattr(self, name)) < 0:
+                raise LirefError(f"steering controls.{name}={getattr(self, name)}; allowed: >= 0")
+
+
+def _default_strengths() -> dict[str, list[float]]:
+    return {"add": [0.25, 0.5, 1.0, 2.0], "scale": [1.0, 3.0], "released": [0.1, 1.0],
+            "add_latent": [2.0, 4.0, 8.0], "clamp_latent": [0.0, 2.0, 4.0]}
+
+
+def _default_headline() -> dict[str, float]:
+    return {"add": 1.0, "scale": 3.0, "released": 0.1, "add_latent": 4.0, "clamp_latent": 4.0}
+
+
+@dataclass
+class SteeringSettings:
+    """One steering sweep: what is steered, how strongly, with which controls.
+
+    ``steer_layers``: the steering layers (layer l = output of decoder block l); ``None`` = the
+    probe run's chosen layer (``best_layer`` in its ``metrics.json``). ``strengths``: per intervention,
+    in ``units`` for ``add`` (``abs`` residual units, ``gap`` x ||diff-in-means||, ``norm`` x the
+    mean residual norm at the last prompt token), the scale for ``scale`` / ``released``, x the
+    latent's max activation for ``add_latent`` / ``clamp_latent``. ``headline``: the strength
+    whose effects go into ``metrics.json``, fixed in advance (never picked on the results).
+    """
+
+    steer_layers: list[int] | None = None
+    interventions: list[str] = field(default_factory=lambda: ["add", "ablate"])
+    strengths: dict[str, list[float]] = field(default_factory=_default_strengths)
+    units: str = "gap"
+    positions: str = "all"
+    controls: SteeringControls = field(default_factory=SteeringControls)
+    headline: dict[str, float] = field(default_factory=_default_headline)
+    n_resamples: int = 1000
+    batch_size: int = 256
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.controls, Mapping):
+            self.controls = SteeringControls(**self.controls)
+        unknown = [i for i in self.interventions if i not in INTERVENTIONS]
+        if unknown:
+            raise LirefError(f"unknown interventions {unknown}; allowed: {list(INTERVENTIONS)}")
+        if self.units not in UNITS:
+            raise LirefError(f"units={self.units!r}; allowed: {list(UNITS)}")
+        if self.positions not in POSITIONS:
+            raise LirefError(f"positions={self.positions!r}; allowed: {list(POSITIONS)}")
+        if self.batch_size < 1 or self.n_resamples < 1:
+            raise LirefError(f"batch_size={self.batch_size}, n_resamples={self.n_resamples}; "
+                             "allowed: >= 1")
+
+
+@dataclass
+class GenerateSettings:
+    """Greedy generation: ``n`` items per set also scored on generations (0 = none; every item
+    when ``SteerSets.metric`` is ``generate``)."""
+
+    n: int = 0
+    max_new_tokens: int = 3
+    batch_size: int = 16
+    stop_at: str | None = "\n"
+
+
+@dataclass
+class SteerSets:
+    """The question sets a sweep is evaluated on (``conf/steer/<name>.yaml``).
+
+    ``sets``: each a ``load_question_set`` mapping plus ``set`` (its name in the results),
+    ``rates`` (``{name: meta key}``: rate of answering that meta answer), ``contrast``
+    (``[a, b]``: margin log P(a) - log P(b)) and ``prompt`` (a ``PromptTemplate`` mapping).
+    ``metric``: ``teacher_forced`` (one forward pass per item and setting) or ``generate``.
+    """
+
+    sets: list[dict[str, Any]] = field(default_factory=list)
+    metric: str = "teacher_forced"
+    n_per_set: int | None = 200
+    root: str | None = None  # folder the sets' paths are written against (interpolated)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.generate, Mapping):
+            self.generate = GenerateSettings(**self.generate)
+        if self.metric not in METRICS:
+            raise LirefError(f"steer.metric {self.metric!r}; allowed: {', '.join(METRICS)}")
+
+
+@dataclass
+class SteeringResult:
+    """What a steering run wrote: its rows, per-set item flips, plots and headline metrics."""
+
+    rows: list[dict[str, Any]]
+    items: dict[str, dict[str, Any]]
+    plots: list[Path]
+    metrics: dict[str, Any]
+    layers: list[int]
+
+
+def fitted_ids(probe_dir: str | Path) -> set[str]:
+    """Ids of the questions the probe run fitted its directions on (its training and validation
+    parts; every probed question after a nested k-fold), from ``split.json``."""
+    from probing.steering.sources import load_probe_run
+
+    split_file = load_probe_run(probe_dir).folder / "split.json"
+    if not split_file.is_file():
+        return set()
+    split = read_json(split_file)
+    if split.get("mode") == "holdout":
+        return set(split["train"]) | set(split["val"])
+    return {i for fold in split.get("test_folds", []) for i in fold}
+
+
+def check_steer_sets(model_name: str, sets: Sequence[Mapping[str, Any]] | None) -> None:
+    """The organism's question sets need the organism: a real model gets one clear error
+    (before any stage of a pipeline runs) naming the steer configs that fit it."""
+    named = [s.get("set") or s.get("name") for s in (sets or []) if s.get("name") == "organism"]
+    organism = model_name == "organism" or Path(model_name, "organism.json").is_file()
+    if named and not organism:
+        raise LirefError(f"steer sets {named} ask the organism's synthetic questions, but "
+                         f"model is {model_name!r}; for a real model use steer=benchmarks_cpu "
+                         "(teacher-forced, CPU) or steer=benchmarks (generation), or "
+                         "--config-name study_smollm2")
+
+
+def _subset(evalset: Any, n: int, seed: int) -> Any:
+    """The first ``n`` items of a seeded shuffle of ``evalset`` (for generation)."""
+    from probing.steering.evaluate import EvalSet
+
+    if n >= len(evalset.questions):
+        return evalset
+    keep = sorted(np.random.default_rng(seed).permutation(len(evalset.questions))[:n].tolist())
+    return EvalSet(evalset.name, [evalset.questions[i] for i in keep],
+                   [evalset.prompts[i] for i in keep], evalset.rates, evalset.contrast,
+                   evalset.add_special_tokens)
+
+
+def _plots(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    from probing.steering.plots import plot_sweep, sweep_panels
+
+    values = ["accuracy", *sorted({k for r in rows for k in r
+                                   if (k.startswith("rate_") or k in ("margin", "logp_gold"))
+                                   and f"{k}_ci_low" in r and not k.endswith("_diff")})]
+    plots = []
+    for m, name, layer, rank in sweep_panels(rows):
+        tag = f"{m}_{name}_L{layer}" + (f"_rank{rank}" if rank is not None else "")
+        path = plot_sweep(rows, out_dir / f"steer_{tag}.png", m, name, layer, rank, values)
+        if path is not None:
+            plots.append(path)
+    return plots
+
+
+def _headline(rows: Sequence[Mapping[str, Any]], head: Mapping[str, float],
+              layer: int) -> dict[str, Any]:
+    from probing.steering.evaluate import headline_metrics
+
+    metrics: dict[str, Any] = {}
+    for name in dict.fromkeys(r["intervention"] for r in rows if r["intervention"] != "none"):
+        if name != "ablate" and head.get(name) is None:
+            continue
+        strength = None if name == "ablate" else float(head[name])
+        metrics.update(headline_metrics(rows, name, strength, layer))
+    return metrics
+
+
+def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, sets: SteerSets,
+                 out_dir: str | Path, probe_dir: str | Path | None,
+                 match_dir: str | Path | None = None, sae_dir: str | Path | None = None,
+                 template: Mapping[str, Any] | None = None, model_name: str = "",
+                 seed: int = 0) -> SteeringResult:
+    """Evaluate every setting of the sweep on every set of ``sets``; write the result files
+    into ``out_dir`` (see the module docstring).
+
+    ``probe_dir``: a probe run (its directions and chosen layer); ``match_dir``: a matching run
+    (latent interventions, the ``orthogonal`` control); ``sae_dir``: the SAE of the matched
+    latents (``None`` = the one the matching run names)."""
+    from probing.evaluation.paired import add_q_values
+    from probing.model.loading import organism_checkpoint
+    from probing.questions.prompts import prompt_template
+    from probing.steering.controls import mean_residual_norm
+    from probing.steering.evaluate import (
+        build_eval_set,
+        evaluate_generation,
+        evaluate_teacher_forced,
+        item_flips,
+        sweep_rows,
+    )
+    from probing.steering.plots import write_csv
+    from probing.steering.sources import load_match_run, load_probe_run
+    from probing.steering.sweep import SweepSpec, build_settings
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if probe_dir in (None, "", "???"):
+        raise LirefError("probe_dir is required: the output folder of `python -m train.probe` "
+                         "(or of `python -m analysis.pipeline`)")
+    probe = load_probe_run(probe_dir)
+    d_model = int(model.get_input_embeddings().weight.shape[1])
+    width = int(probe.meta.get("d_model", d_model))
+    if width != d_model:
+        raise LirefError(f"the probe run's directions are {width}-wide but the model's residual "
+                         f"stream is {d_model}-wide: they come from another model "
+                         f"({probe.meta.get('model')!r})")
+    match = load_match_run(match_dir) if match_dir else None
+    sae = match.load_sae(sae_dir=sae_dir) if match is not None else None
+    if settings.steer_layers is None and probe.best_layer is None:
+        raise LirefError(f"{probe.folder} has no metrics.json with best_layer; name the "
+                         f"steering layers (steering.steer_layers=[...])")
+    layers = ([probe.best_layer] if settings.steer_layers is None
+              else [int(x) for x in settings.steer_layers])
+    if sets.metric == "teacher_forced" and settings.positions == "generated":
+        raise LirefError("positions=generated cannot move teacher-forced scores (they are read "
+                         "at the last prompt token); use steer.metric=generate")
+    if not sets.sets:
+        raise LirefError("steer.sets is empty: name at least one question set")
+    check_steer_sets(model_name, sets.sets)
+    exclude = fitted_ids(probe_dir)  # held out from the direction, as every figure is
+    tmpl = prompt_template(template)
+    evalsets = [build_eval_set(spec, tmpl, tokenizer, organism_checkpoint(model),
+                               sets.n_per_set, seed, exclude) for spec in sets.sets]
+    norm_unit = None
+    if settings.units == "norm":  # the mean residual norm at the last prompt token
+        prompts = [p for es in evalsets for p in es.prompts]
+        norm_unit = mean_residual_norm(model, tokenizer, prompts, layers, settings.batch_size)
+    ctl = settings.controls
+    spec = SweepSpec(interventions=list(settings.interventions), layers=layers,
+                     strengths={k: list(v) for k, v in settings.strengths.items()},
+                     units=settings.units, norm_unit=norm_unit, positions=settings.positions,
+                     n_random=ctl.n_random, negated=ctl.negated, orthogonal=ctl.orthogonal,
+                     top_k_latents=ctl.top_k_latents, n_random_latents=ctl.n_random_latents,
+                     seed=seed)
+    built = build_settings(spec, probe.directions, match, sae)
+    interventions = [s.interventions for s in built]
+    infos = [s.info for s in built]
+    log.info("%d settings x %d sets (%s); layers %s", len(built), len(evalsets),
+             ", ".join(f"{e.name}: {len(e.questions)}" for e in evalsets), layers)
+    rows: list[dict[str, Any]] = []
+    items: dict[str, dict[str, Any]] = {}
+    bs, gen = settings.batch_size, sets.generate
+    for es in evalsets:
+        if sets.metric == "teacher_forced":
+            t = time.perf_counter()
+            outcome = evaluate_teacher_forced(model, tokenizer, es, interventions, bs)
+            rows += sweep_rows(outcome, infos, settings.n_resamples, seed)
+            items[f"{es.name}/{outcome.metric}"] = item_flips(outcome)
+            log.info("%s: teacher-forced, %d rows in %.1f s", es.name,
+                     len(es.questions) * len(built), time.perf_counter() - t)
+        n_gen = len(es.questions) if sets.metric == "generate" else gen.n
+        if n_gen > 0:
+            t = time.perf_counter()
+            part = _subset(es, n_gen, seed)
+            outcome = evaluate_generation(model, tokenizer, part, interventions,
+                                          gen.max_new_tokens, min(bs, gen.batch_size),
+                                          gen.stop_at)
+            rows += sweep_rows(outcome, infos, settings.n_resamples, seed)
+            items[f"{es.name}/{outcome.metric}"] = item_flips(outcome)
+            items[f"{es.name}/{outcome.metric}"]["completions"] = outcome.completions
+            log.info("%s: generation on %d items, %d rows in %.1f s", es.name,
+                     len(part.questions), len(part.questions) * len(built),
+                     time.perf_counter() - t)
+    add_q_values(rows, skip=[r["intervention"] == "none" for r in rows])
+    write_json(out / "results.json", rows)
+    write_csv(out / "results.csv", rows)
+    write_json(out / "items.json", items)
+    write_json(out / "settings.json", {"probe_dir": str(probe.folder),
+                                       "match_dir": str(match.folder) if match else None,
+                                       "layers": layers, "settings": infos,
+                                       "norm_unit": norm_unit})
+    plots = _plots(rows, out) if settings.plots else []
+    metrics = _headline(rows, settings.headline, layers[0])
+    metrics.update({"n_settings": len(built), "n_rows": len(rows),
+                    "seconds": time.perf_counter() - start})
+    log.info("steering sweep done: %d settings, %d rows, %.1f s; results in %s", len(built),
+             len(rows), metrics["seconds"], out / "results.csv")
+    return SteeringResult(rows, items, plots, metrics, layers)
