@@ -1,5 +1,5 @@
-"""Steering sweep figures (matplotlib, Agg) and tables: a value (accuracy, a rate, a margin)
-against strength with its 95% interval band, one panel per item set, the LiReF beside its
+"""Steering sweep figures (matplotlib, own Agg canvas) and tables: a value (accuracy, a rate, a
+margin) against strength with its 95% interval band, one panel per item set, the LiReF beside its
 controls (negated, orthogonalised, random directions / random latents) and the unsteered run."""
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from probing.io import atomic_write_text  # noqa: E402
+from probing.io import atomic_write_text
+from probing.report.plots import agg_figure, save_png
 
 __all__ = ["plot_sweep", "sweep_panels", "write_csv"]
 
@@ -117,8 +113,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
     if not grid:
         return None
     n_cols = max(len(ss) for _, ss in grid)
-    fig, axes = plt.subplots(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
-                             squeeze=False)
+    fig, axes = agg_figure(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
+                           squeeze=False)
     for i, (value, ss) in enumerate(grid):
         for j in range(n_cols):
             if j < len(ss):
@@ -129,7 +125,4 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
     axes[0][len(grid[0][1]) - 1].legend(fontsize=7, loc="best")
     where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
     fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=100)
