@@ -487,3 +487,26 @@ def test_balanced_quotas() -> None:
 def test_load_question_set_samples_through_registry() -> None:
     qs = load_question_set("jsonl", path=str(FIX / "generic.jsonl"), n=2, seed=0, columns=MAP)
     assert Counter(x.label for x in qs) == {"reasoning": 1, "memory": 1}
+
+
+def test_registered_custom_loader_gets_dedupe_and_balanced_sampling(monkeypatch) -> None:
+    """``register_question_set`` (the notebook way to plug a loader of one's own in): its
+    questions go through the same de-duplication and balanced sampling as the built-in sets."""
+    import probing.questions as pq
+
+    monkeypatch.setattr(pq, "_CUSTOM", {})  # the registry is global: leave it as found
+    seen: dict[str, Any] = {}
+
+    def mine(path: str | None, split: str | None, **options: Any) -> list[Question]:
+        seen.update(path=path, split=split, **options)
+        return [q(i, "memory") for i in range(6)] + [q(i, "reasoning") for i in range(6, 9)] + [
+            Question(id="t/dup", question="QUESTION 0", answers=("a",), label="memory",
+                     source="t")]
+
+    pq.register_question_set("mine", mine)
+    qs = load_question_set("mine", path="p", split="s", n=4, seed=0, flavour="x")
+    assert seen == {"path": "p", "split": "s", "flavour": "x"}
+    assert Counter(x.label for x in qs) == {"reasoning": 2, "memory": 2}
+    assert len(load_question_set("mine")) == 9  # "QUESTION 0" duplicates "question 0"
+    with pytest.raises(LirefError, match="'mine'"):  # the error lists registered names too
+        load_question_set("nope")
