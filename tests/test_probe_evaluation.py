@@ -99,3 +99,18 @@ def test_nested_kfold_pools_out_of_fold_predictions():
     assert ev.split["mode"] == "nested_kfold"
     folds = ev.split["test_folds"]
     assert sorted(i for f in folds for i in f) == list(range(120))  # every item tested once
+
+
+def test_validation_ties_go_to_the_earliest_layer_via_select_layer():
+    """The layer choice is ``directions.select_layer`` on the validation figures: two identical
+    layers tie and the earlier one is chosen, whichever order they are listed in."""
+    from probing.probes.directions import select_layer
+
+    y = np.array([0, 1] * 60)
+    one = _layers(y, [np.arange(120)])
+    acts = torch.cat([one, one], 1)  # [N, 2, d]: the same activations twice
+    for layers in ([4, 2], [2, 4]):
+        ev = evaluate_layers(acts, y, layers, "diffmean", compare_logistic=False,
+                             n_resamples=50)
+        val_rows = [{"layer": r["layer"], "auroc": r["val_auroc"]} for r in ev.rows]
+        assert ev.best_layer == select_layer(val_rows) == 2

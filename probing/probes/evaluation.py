@@ -27,7 +27,7 @@ import torch
 
 from probing.errors import LirefError
 from probing.probes.controls import bow_scores, embedding_scores
-from probing.probes.directions import check_labels
+from probing.probes.directions import check_labels, select_layer
 from probing.probes.estimators import Probe, make_probe
 from probing.stats import N_RESAMPLES, accuracy_with_ci, auroc_with_ci
 
@@ -227,11 +227,6 @@ def _logistic_agreement(x: np.ndarray, y: np.ndarray, tr: np.ndarray) -> float:
     return float(dm @ lg)
 
 
-def _choose(val: Mapping[int, Mapping[str, float]], select_by: str) -> int:
-    """The layer with the highest validation ``select_by`` (ties: the earliest)."""
-    return min(val, key=lambda layer: (-val[layer][select_by], layer))
-
-
 def _val_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     from probing.stats import auroc
 
@@ -317,7 +312,7 @@ def evaluate_layers(
             if compare_logistic:
                 row["cos_logistic_diffmean"] = _logistic_agreement(x, y_arr, fit_idx)
             extra[layer].append(row)
-        chosen = _choose(fold_val, select_by)
+        chosen = select_layer([{"layer": lay, **m} for lay, m in fold_val.items()], select_by)
         choices.append(chosen)
         chosen_scores.append(oof[chosen][-1])
         fit_idx = tr if k_folds is None else np.sort(np.concatenate([tr, va]))
