@@ -163,3 +163,20 @@ def test_benchmarks_do_not_import_the_tests():
     for file in sorted(run_all.HERE.glob("*.py")):
         text = file.read_text()
         assert "from tests" not in text and "import tests" not in text, file.name
+
+
+def test_organism_matched_folds_are_the_librarys_grouped_folds():
+    import numpy as np
+
+    from benchmarks import organism_matched
+    from probing.probes.evaluation import grouped_folds
+
+    qs = organism_matched.questions("organism_matched")
+    folds = organism_matched.folds(qs, seed=1)
+    groups = np.array([q.group for q in qs])
+    expected = grouped_folds([q.target for q in qs], groups, organism_matched.K_FOLDS, seed=1)
+    assert len(folds) == organism_matched.K_FOLDS
+    for (tr, te), (tr2, te2) in zip(folds, expected, strict=True):
+        assert np.array_equal(tr, tr2) and np.array_equal(te, te2)
+        assert not set(groups[tr]) & set(groups[te])  # no group on both sides
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(qs)))
