@@ -112,7 +112,8 @@ def steer_job(ctx: JobContext) -> dict[str, Any]:
         item_flips,
         sweep_rows,
     )
-    from probing.report.steering import plot_sweep, sweep_panels, write_csv
+    from probing.io import write_csv
+    from probing.report.steering import plot_sweep, sweep_panels
     from probing.steering.controls import mean_residual_norm
     from probing.steering.sources import load_match_run, load_probe_run
     from probing.steering.sweep import SweepSpec, build_settings

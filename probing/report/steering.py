@@ -4,16 +4,13 @@ controls (negated, orthogonalised, random directions / random latents) and the u
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from probing.io import atomic_write_text
 from probing.report.plots import agg_figure, save_png
 
-__all__ = ["plot_sweep", "sweep_panels", "write_csv"]
+__all__ = ["plot_sweep", "sweep_panels"]
 
 _STYLE = {
     "direction": {"color": "tab:red", "lw": 2.0, "label": "+LiReF"},
@@ -23,20 +20,6 @@ _STYLE = {
     "random": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random (same norm)"},
     "random_latent": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random latent"},
 }
-
-
-def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """All rows, columns = the union of their keys in first-seen order."""
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-    atomic_write_text(path, buf.getvalue())
-    return Path(path)
 
 
 def sweep_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int, int | None]]:
