@@ -22,6 +22,8 @@ __all__ = [
     "accuracy_with_ci",
     "auroc",
     "auroc_with_ci",
+    "balanced_accuracy_with_ci",
+    "balanced_threshold",
     "benjamini_hochberg",
     "bootstrap_auroc",
     "bootstrap_ci",
@@ -172,6 +174,62 @@ def accuracy_with_ci(correct: Sequence[bool] | np.ndarray, n_resamples: int = N_
         raise LirefError("no items: cannot compute an accuracy")
     lo, hi = percentile_interval(bootstrap_mean(c, n_resamples, seed, strata), confidence)
     return float(c.mean()), lo, hi
+
+
+def balanced_accuracy_with_ci(y: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray,
+                              n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """``(balanced accuracy, ci_low, ci_high)`` of 0/1 predictions ``[N]`` for labels ``y``
+    ``[N]``: the mean of the per-class recalls (``sklearn.metrics.balanced_accuracy_score``),
+    with a stratified bootstrap interval (the resamples ``accuracy_with_ci`` draws for the
+    same ``seed``)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = _binary(y)
+    pred = np.asarray(predicted).astype(np.int64).reshape(-1)
+    if pred.size != y.size:
+        raise LirefError(f"{y.size} labels but {pred.size} predictions")
+    classes, counts = np.unique(y, return_counts=True)
+    value = float(balanced_accuracy_score(y, pred)) if classes.size == 2 else float(
+        (pred == y).mean())
+    # each item weighted N / (n_classes * n_its_class): the plain mean of the weighted outcomes
+    # is the balanced accuracy, and a stratified resample keeps every class's size
+    weight = y.size / (classes.size * counts[np.searchsorted(classes, y)])
+    samples = bootstrap_mean((pred == y) * weight, n_resamples, seed, strata=y)
+    lo, hi = percentile_interval(samples, confidence)
+    return value, lo, hi
+
+
+def balanced_threshold(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                       default: float = 0.0) -> float:
+    """The decision threshold (``score > t`` = class 1) with the highest balanced accuracy
+    (equivalently Youden's J = TPR - FPR, from ``sklearn.metrics.roc_curve``) on ``scores``
+    ``[N]`` for labels ``y`` ``[N]`` (the data a probe was fitted on).
+
+    ``default`` (the classifier's own threshold) is kept when it is among the best; otherwise
+    the best cut nearest to it, halfway between two neighbouring scores. One class only, or no
+    cut better than chance: ``default``.
+    """
+    from sklearn.metrics import roc_curve
+
+    y = _binary(y)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size != y.size:
+        raise LirefError(f"{y.size} labels but {s.size} scores")
+    if np.unique(y).size < 2:
+        return float(default)
+    # thresholds descending (the first is +inf); "s >= thr[i]" gives (fpr[i], tpr[i])
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    j = tpr - fpr
+    best = j.max()
+    above = s > default
+    j_default = above[y == 1].mean() - above[y == 0].mean()
+    if best <= 0 or j_default >= best - 1e-12:
+        return float(default)
+    idx = np.flatnonzero(j >= best - 1e-12)
+    idx = idx[(idx > 0) & (idx < thr.size - 1)]  # not "all one class"
+    cuts = (thr[idx] + thr[idx + 1]) / 2.0  # between this score and the next lower one
+    return float(cuts[np.argmin(np.abs(cuts - default))])
 
 
 def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,

@@ -11,6 +11,8 @@ from probing.stats import (
     accuracy_with_ci,
     auroc,
     auroc_with_ci,
+    balanced_accuracy_with_ci,
+    balanced_threshold,
     benjamini_hochberg,
     bootstrap_auroc,
     bootstrap_ci,
@@ -109,3 +111,31 @@ def test_library_backed_statistics_equal_the_former_hand_written_values():
         r = mcnemar_exact(a, b)
         assert (r["flips_up"], r["flips_down"]) == (up, down)
         assert r["p_value"] == pytest.approx(p_old, rel=1e-12)
+
+
+def test_balanced_threshold_keeps_a_best_default_else_the_nearest_best_cut():
+    y = np.array([1] * 10 + [0] * 30)
+    s = np.r_[np.linspace(1, 2, 10), np.linspace(-3, 0.5, 30)]  # gap between 0.5 and 1
+    assert balanced_threshold(y, s) == 0.75  # 0 misreads memory items: halfway in the gap
+    assert balanced_threshold(y, s, default=0.7) == 0.7  # already perfect: kept
+    assert balanced_threshold(y, s, default=5.0) == 0.75
+    assert balanced_threshold([1, 1, 1], [0.1, 0.2, 0.3], default=0.4) == 0.4  # one class
+    assert balanced_threshold([1, 0, 1, 0], [1.0, 1.0, 1.0, 1.0]) == 0.0  # nothing to gain
+    y2, s2 = _scores(400, seed=2)  # overlapping classes: the cut beats every other cut
+    cut = balanced_threshold(y2, s2)
+    from sklearn.metrics import balanced_accuracy_score
+
+    best = balanced_accuracy_score(y2, s2 > cut)
+    assert all(balanced_accuracy_score(y2, s2 > c) <= best + 1e-12 for c in np.unique(s2))
+
+
+def test_balanced_accuracy_with_ci_equals_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.array([1] * 20 + [0] * 80)
+    pred = np.r_[np.ones(15), np.zeros(5), np.zeros(70), np.ones(10)].astype(int)
+    value, lo, hi = balanced_accuracy_with_ci(y, pred, n_resamples=300)
+    assert value == pytest.approx(balanced_accuracy_score(y, pred)) == (15 / 20 + 70 / 80) / 2
+    assert lo < value < hi
+    acc = accuracy_with_ci(pred == y, n_resamples=300)[0]
+    assert acc == pytest.approx(0.85) and value == pytest.approx(0.8125)
