@@ -56,7 +56,7 @@ def match(ctx: JobContext) -> dict[str, Any]:
     check_model(inputs, model)
     inputs.sae.to(model_device(model))
     questions = load_questions(plain(cfg.data.sets), cfg.data.get("n"), int(cfg.seed),
-                               organism_checkpoint(model))
+                               organism_checkpoint(model), classes=plain(cfg.data.get("classes")))
     result = run_matching(model, tokenizer, inputs, questions, ctx.run_dir, settings,
                           template=prompt_template(plain(cfg.get("prompt"))),
                           data_name=str(cfg.data.get("name")))

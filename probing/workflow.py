@@ -24,7 +24,14 @@ from probing.probes.controls import bow_scores, embedding_scores, mean_input_emb
 from probing.probes.directions import layer_directions, save_directions
 from probing.probes.estimators import make_probe
 from probing.probes.evaluation import evaluate_layers, score_metrics, transfer_metrics
-from probing.questions import LABEL_TO_INT, Question, load_question_set
+from probing.questions import (
+    FILE_LABELLED_SETS,
+    LABEL_TO_INT,
+    LABELS,
+    Question,
+    check_classes,
+    load_question_set,
+)
 from probing.questions.prompts import PromptTemplate, format_prompts
 from probing.questions.sampling import dedupe_questions, sample_balanced
 from probing.report.plots import plot_layer_metrics, plot_pca
@@ -80,14 +87,18 @@ def organism_checkpoint(model: Any) -> str | None:
 
 
 def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,
-                   organism_path: str | None = None) -> list[Question]:
+                   organism_path: str | None = None, classes: Sequence[str] | None = None,
+                   ) -> list[Question]:
     """Concatenate question sets (each a kwargs mapping for ``load_question_set``), drop
     duplicates across sets (normalised text), then draw at most ``n`` balanced across labels.
 
     ``organism_path``: checkpoint whose question sets an ``organism`` entry without a ``path``
-    reads (so a retrained organism is probed on its own corpus)."""
+    reads (so a retrained organism is probed on its own corpus). ``classes``: the data
+    config's two class names, positive first (``None`` = reasoning, memory), given to every
+    set that reads its labels from a file (``FILE_LABELLED_SETS``) unless it names its own."""
     if not sets:
         raise LirefError("data.sets is empty: name at least one question set")
+    names = None if classes is None else list(check_classes(classes))
     questions: list[Question] = []
     for spec in sets:
         spec = dict(spec)
@@ -95,6 +106,8 @@ def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed
             raise LirefError(f"question set entry {spec} has no 'name'")
         if spec["name"] == "organism" and spec.get("path") is None and organism_path:
             spec["path"] = organism_path
+        if names is not None and spec["name"] in FILE_LABELLED_SETS:
+            spec.setdefault("classes", names)
         questions.extend(load_question_set(**{"seed": seed, **spec}))
     questions = dedupe_questions(questions)  # across sets too (MGSM repeats GSM8K items)
     if n is not None:
@@ -188,20 +201,25 @@ def _targets(questions: Sequence[Question]) -> np.ndarray:
 
 
 def question_summary(questions: Sequence[Question],
-                     transfer: Mapping[str, ProbeData] | None = None) -> dict[str, Any]:
-    """Counts of the probed questions by source, kind (organism) and label, and of each
-    transfer set: ``{"n", "by_label", "rows": [{set, source, kind, label, n}], ...}``."""
+                     transfer: Mapping[str, ProbeData] | None = None,
+                     classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Counts of the probed questions by source, kind (organism) and label (named by
+    ``classes``, positive first), and of each transfer set: ``{"n", "classes", "by_label",
+    "rows": [{set, source, kind, label, n}], ...}``."""
     from collections import Counter
 
+    names = dict(zip(LABELS, check_classes(classes), strict=True))
+
     def rows(qs: Sequence[Question], name: str) -> list[dict[str, Any]]:
-        c = Counter((q.source, str(q.meta.get("kind", "")), q.label) for q in qs)
+        c = Counter((q.source, str(q.meta.get("kind", "")), names[q.label]) for q in qs)
         return [{"set": name, "source": s, "kind": k, "label": lab, "n": n}
                 for (s, k, lab), n in sorted(c.items())]
 
     out_rows = rows(questions, "probe")
     for name, other in (transfer or {}).items():
         out_rows += rows(other.questions, f"transfer:{name}")
-    return {"n": len(questions), "by_label": dict(Counter(q.label for q in questions)),
+    return {"n": len(questions), "classes": list(names.values()),
+            "by_label": dict(Counter(names[q.label] for q in questions)),
             "n_groups": len({q.group for q in questions}), "rows": out_rows}
 
 
@@ -236,6 +254,7 @@ def run_probe_stage(
     metadata: Mapping[str, Any] | None = None,
     transfer: Mapping[str, ProbeData] | None = None,
     n_resamples: int = 1000,
+    classes: Sequence[str] | None = None,
 ) -> ProbeReport:
     """Probe every cached layer (``probing.probes.evaluation.evaluate_layers``: layer chosen on
     validation items, test figures with 95% intervals, bag-of-words and embedding controls),
@@ -244,7 +263,8 @@ def run_probe_stage(
     Writes into ``out_dir``: ``per_layer.json``, ``split.json`` (question ids of each part),
     ``probes/layer_<l>/`` and ``directions/`` (fitted on the training part; with nested
     k-fold on all items), ``probe/`` (the chosen layer's), ``probe_layers.png`` and
-    ``pca_layer_<l>.png``.
+    ``pca_layer_<l>.png``. ``classes``: the data config's class names, positive first (the
+    direction points towards it; recorded in every probe's metadata).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +285,8 @@ def run_probe_stage(
                  if holdout else {"test_folds": [[ids[i] for i in f]
                                                  for f in ev.split["test_folds"]]})
     write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
-    write_json(out / "questions.json", question_summary(questions, transfer))
+    names = check_classes(classes)
+    write_json(out / "questions.json", question_summary(questions, transfer, names))
     write_json(out / "activations.json", {"cache": str(cached.folder), "layers": layers,
                                           "shape": list(cached.acts.shape),
                                           "position": cached.manifest.get("position")})
@@ -273,7 +294,7 @@ def run_probe_stage(
             "position": cached.manifest.get("position"), "model": cached.manifest.get("model"),
             "model_fingerprint": cached.manifest.get("model_fingerprint"),
             "d_model": int(cached.acts.shape[-1]), "prompt_template": asdict(data.template),
-            "best_layer": int(best),
+            "best_layer": int(best), "classes": list(names),
             "n": int(len(y)), "n_fit": int(len(fit_idx)),
             "fitted_on": "train split" if holdout else "all items (nested k-fold)"}
     files: dict[str, Path] = {}
@@ -305,7 +326,8 @@ def run_probe_stage(
         ev.rows, out / "probe_layers.png", best_layer=best,
         title=f"{kind} probe, held-out test ({meta['model']})")
     files["plot_pca"] = plot_pca(cached.layer(best), [q.label for q in questions],
-                                 out / f"pca_layer_{best:02d}.png", title=f"layer {best}")
+                                 out / f"pca_layer_{best:02d}.png", title=f"layer {best}",
+                                 class_names=names)
     return ProbeReport(per_layer=ev.rows, best_layer=best, metrics=metrics,
                        directions=directions, files=files)
 

@@ -12,14 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from probing.errors import LirefError
-from probing.questions.record import LABEL_TO_INT, LABELS, Label, Question
+from probing.questions.record import LABEL_TO_INT, LABELS, Label, Question, check_classes
 
 __all__ = [
+    "FILE_LABELLED_SETS",
     "LABELS",
     "LABEL_TO_INT",
     "Label",
     "Question",
     "QUESTION_SETS",
+    "check_classes",
     "load_question_set",
     "register_question_set",
 ]
@@ -35,6 +37,9 @@ QUESTION_SETS: dict[str, str] = {
     "tsv": "probing.questions.tabular:load_tsv",
     "organism": "probing.organism.questions:load_organism_questions",
 }
+
+#: the sets whose labels are read from the file: they take a data config's ``classes``
+FILE_LABELLED_SETS: tuple[str, ...] = ("jsonl", "csv", "tsv")
 
 _CUSTOM: dict[str, Callable[..., list[Question]]] = {}
 

@@ -106,11 +106,12 @@ def _questions_section(st: _Stage) -> list[Block]:
         return []
     rows = [[r["set"], r["source"], r.get("kind") or "-", r["label"], str(r["n"])]
             for r in summary["rows"]]
+    positive, negative = summary.get("classes") or ("reasoning", "memory")
     return [Block("h2", "Question sets"),
             Block("p", f"{summary['n']} probed questions in {summary.get('n_groups', '?')} "
                        "groups (paraphrases, duplicates and one fact or computation share a "
-                       "group; no group is on two sides of a split). Labels: 1 = reasoning, "
-                       "0 = memory."),
+                       "group; no group is on two sides of a split). Labels: 1 = "
+                       f"{positive}, 0 = {negative}."),
             Block("table", header=["set", "source", "kind", "label", "n"], rows=rows)]
 
 

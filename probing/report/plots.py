@@ -79,16 +79,18 @@ def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
 
 
 def plot_pca(x: torch.Tensor | np.ndarray, labels: Sequence[str], path: str | Path,
-             title: str = "") -> Path:
-    """First two principal components of ``x`` ``[N, d]``, coloured by label."""
+             title: str = "", class_names: Sequence[str] = ("reasoning", "memory")) -> Path:
+    """First two principal components of ``x`` ``[N, d]``, coloured by label (``labels``
+    ``[N]``: ``"reasoning"`` / ``"memory"``, shown as ``class_names``)."""
     arr = x.to(torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
     centred = arr - arr.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     pcs = centred @ vt[:2].T
     fig, ax = agg_figure(figsize=(4.5, 4))
     labels_arr = np.asarray(labels)
-    for name, colour in (("reasoning", "tab:red"), ("memory", "tab:blue")):
-        m = labels_arr == name
+    for label, name, colour in zip(("reasoning", "memory"), class_names, ("tab:red", "tab:blue"),
+                                   strict=True):
+        m = labels_arr == label
         ax.scatter(pcs[m, 0], pcs[m, 1], s=8, alpha=0.6, c=colour, label=name)
     ax.set_xlabel("PC1")
     ax.set_ylabel("PC2")
