@@ -43,7 +43,7 @@ def match(ctx: JobContext) -> dict[str, Any]:
     check_model(inputs, model)
     inputs.sae.to(model_device(model))
     questions = load_questions(plain(cfg.data.sets), cfg.data.n, int(cfg.seed),
-                               organism_checkpoint(model))
+                               organism_checkpoint(model), classes=cfg.data.classes)
     result = run_matching(model, tokenizer, inputs, questions, ctx.run_dir, settings,
                           template=prompt_template(plain(cfg.prompt)), data_name=cfg.data.name)
     log_matching(ctx.tracker, result)

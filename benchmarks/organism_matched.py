@@ -25,6 +25,7 @@ from probing import load_model
 from probing.activations.extract import extract_activations
 from probing.probes.controls import bow_scores, embedding_scores, mean_input_embeddings
 from probing.probes.estimators import make_probe
+from probing.probes.evaluation import grouped_folds
 from probing.questions import Question, load_question_set
 from probing.questions.prompts import format_prompt
 from probing.stats import auroc_with_ci
@@ -40,11 +41,8 @@ def questions(data: str) -> list[Question]:
 
 
 def folds(qs: Sequence[Question], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    y = np.array([q.target for q in qs])
-    cv = StratifiedGroupKFold(K_FOLDS, shuffle=True, random_state=seed)
-    return list(cv.split(np.zeros(len(qs)), y, [q.group for q in qs]))
+    """``K_FOLDS`` grouped, stratified ``(train_idx, test_idx)`` folds of the questions."""
+    return grouped_folds([q.target for q in qs], [q.group for q in qs], K_FOLDS, seed)
 
 
 def out_of_fold(qs: Sequence[Question],

@@ -45,18 +45,18 @@ ORGANISM = Path(__file__).resolve().parents[1] / "probing" / "organism" / "check
 
 
 def _random_llama(folder: Path) -> str:
-    """A random Llama with the organism's default shape and a byte-level BPE tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """An untrained organism saved in ``folder``: a Llama of the organism's default shape with
+    its tokenizer, randomly initialised (seed 0)."""
+    from probing.organism.config import OrganismConfig
+    from probing.organism.corpus import Corpus
+    from probing.organism.store import save_checkpoint
+    from probing.organism.tokenizer import vocab_of
+    from probing.organism.training import build_model
 
-    from tests.tiny_models import tiny_tokenizer
-
+    cfg = OrganismConfig()
+    corpus = Corpus(cfg.corpus, cfg.seed)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=320, hidden_size=128, intermediate_size=384,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
-                      eos_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
+    save_checkpoint(build_model(cfg, len(vocab_of(corpus.vocabulary))), corpus, cfg, folder)
     return str(folder)
 
 

@@ -11,12 +11,20 @@ Prints a table and writes ``benchmarks/results/steering_overhead.json``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from benchmarks.common import Goal, medians, print_goals, print_table, run_interleaved, write_result
+from benchmarks.common import (
+    Goal,
+    medians,
+    parse_with_quick,
+    print_goals,
+    print_table,
+    run_interleaved,
+    write_result,
+)
 from probing.model.blocks import num_layers
 from probing.model.loading import load_model
 from probing.questions import Question
@@ -89,20 +97,22 @@ def sweep_methods(model, tok, questions: list[Question], layer: int, direction: 
     return methods, same
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser()
+QUICK = dict(n=16, sweep_n=16, new_tokens=4, repeats=1)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="organism")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sweep-n", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.n, args.sweep_n, args.new_tokens, args.repeats = 16, 16, 4, 1
+    return parse_with_quick(ap, argv, QUICK, "tiny sizes: a smoke test")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     model.eval()

@@ -7,15 +7,17 @@ folder, so a job reports it in one ``error:`` line; a failed write never damages
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import errno
+import io
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from probing.errors import LirefError
 
 __all__ = ["TMP_FILE_GLOB", "atomic_replace_dir", "atomic_write_bytes", "atomic_write_text",
            "disk_error", "ensure_dir", "file_lock", "flat_metrics", "flatten", "read_json",
-           "remove_orphans", "write_json", "write_metrics"]
+           "remove_orphans", "write_csv", "write_json", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]],
+              columns: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` as CSV (atomically): a header, then one line per row; ``None`` and missing
+    cells are empty, keys outside ``columns`` left out. ``columns=None``: the union of the rows'
+    keys in first-seen order."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
 
 
 # --- folders ---------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ __all__ = [
     "accuracy_with_ci",
     "auroc",
     "auroc_with_ci",
+    "balanced_accuracy_with_ci",
+    "balanced_threshold",
     "benjamini_hochberg",
     "bootstrap_auroc",
     "bootstrap_ci",
@@ -52,20 +54,17 @@ def _pair_kernel(s1: np.ndarray, s0: np.ndarray) -> np.ndarray:
 
 
 def auroc(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
+    """Area under the ROC curve of ``scores`` ``[N]`` for labels ``y`` ``[N]`` (ties count one
+    half; ``sklearn.metrics.roc_auc_score``); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
     y = _binary(y)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if s.size != y.size:
         raise LirefError(f"{y.size} labels but {s.size} scores")
-    s1, s0 = s[y == 1], s[y == 0]
-    if s1.size == 0 or s0.size == 0:
+    if np.unique(y).size < 2:
         return float("nan")
-    # rank formula (Mann-Whitney U) with average ranks for ties: O(N log N)
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)
-    u = ranks[y == 1].sum() - s1.size * (s1.size + 1) / 2.0
-    return float(u / (s1.size * s0.size))
+    return float(roc_auc_score(y, s))
 
 
 def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -90,6 +89,9 @@ def bootstrap_auroc(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
     """``[n_resamples]`` AUROCs of stratified resamples (vectorised through the pair kernel:
     ``AUROC_b = w1_b^T K w0_b / (n1 n0)`` with multinomial weights ``w``)."""
+    # stratified (each class resampled within itself): every resample keeps both classes, so its
+    # AUROC is defined; the pair kernel scores all resamples in one einsum instead of one
+    # roc_auc_score call per resample (1000 calls would dominate a per-layer evaluation)
     y = _binary(y)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     s1, s0 = s[y == 1], s[y == 0]
@@ -174,6 +176,62 @@ def accuracy_with_ci(correct: Sequence[bool] | np.ndarray, n_resamples: int = N_
     return float(c.mean()), lo, hi
 
 
+def balanced_accuracy_with_ci(y: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray,
+                              n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """``(balanced accuracy, ci_low, ci_high)`` of 0/1 predictions ``[N]`` for labels ``y``
+    ``[N]``: the mean of the per-class recalls (``sklearn.metrics.balanced_accuracy_score``),
+    with a stratified bootstrap interval (the resamples ``accuracy_with_ci`` draws for the
+    same ``seed``)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = _binary(y)
+    pred = np.asarray(predicted).astype(np.int64).reshape(-1)
+    if pred.size != y.size:
+        raise LirefError(f"{y.size} labels but {pred.size} predictions")
+    classes, counts = np.unique(y, return_counts=True)
+    value = float(balanced_accuracy_score(y, pred)) if classes.size == 2 else float(
+        (pred == y).mean())
+    # each item weighted N / (n_classes * n_its_class): the plain mean of the weighted outcomes
+    # is the balanced accuracy, and a stratified resample keeps every class's size
+    weight = y.size / (classes.size * counts[np.searchsorted(classes, y)])
+    samples = bootstrap_mean((pred == y) * weight, n_resamples, seed, strata=y)
+    lo, hi = percentile_interval(samples, confidence)
+    return value, lo, hi
+
+
+def balanced_threshold(y: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                       default: float = 0.0) -> float:
+    """The decision threshold (``score > t`` = class 1) with the highest balanced accuracy
+    (equivalently Youden's J = TPR - FPR, from ``sklearn.metrics.roc_curve``) on ``scores``
+    ``[N]`` for labels ``y`` ``[N]`` (the data a probe was fitted on).
+
+    ``default`` (the classifier's own threshold) is kept when it is among the best; otherwise
+    the best cut nearest to it, halfway between two neighbouring scores. One class only, or no
+    cut better than chance: ``default``.
+    """
+    from sklearn.metrics import roc_curve
+
+    y = _binary(y)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size != y.size:
+        raise LirefError(f"{y.size} labels but {s.size} scores")
+    if np.unique(y).size < 2:
+        return float(default)
+    # thresholds descending (the first is +inf); "s >= thr[i]" gives (fpr[i], tpr[i])
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    j = tpr - fpr
+    best = j.max()
+    above = s > default
+    j_default = above[y == 1].mean() - above[y == 0].mean()
+    if best <= 0 or j_default >= best - 1e-12:
+        return float(default)
+    idx = np.flatnonzero(j >= best - 1e-12)
+    idx = idx[(idx > 0) & (idx < thr.size - 1)]  # not "all one class"
+    cuts = (thr[idx] + thr[idx + 1]) / 2.0  # between this score and the next lower one
+    return float(cuts[np.argmin(np.abs(cuts - default))])
+
+
 def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
                           n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
                           seed: int = 0) -> tuple[float, float, float]:
@@ -189,12 +247,14 @@ def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | 
 
 def mcnemar_exact(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray
                   ) -> dict[str, Any]:
-    """Exact (binomial) McNemar test of paired 0/1 outcomes ``a`` (e.g. unsteered) and ``b``.
+    """Exact (binomial) McNemar test of paired 0/1 outcomes ``a`` ``[N]`` (e.g. unsteered) and
+    ``b`` ``[N]``.
 
     Returns ``{"p_value", "flips_up" (a wrong -> b right), "flips_down" (a right -> b wrong)}``;
-    two-sided p = ``min(1, 2 * P(X <= min(n01, n10)))`` with ``X ~ Binomial(n01 + n10, 1/2)``.
+    the p-value is the two-sided ``scipy.stats.binomtest`` of ``flips_up`` out of
+    ``flips_up + flips_down`` at 1/2 (1 when nothing flips).
     """
-    from scipy.stats import binom
+    from scipy.stats import binomtest
 
     a = np.asarray(a, dtype=bool).reshape(-1)
     b = np.asarray(b, dtype=bool).reshape(-1)
@@ -202,8 +262,7 @@ def mcnemar_exact(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray
         raise LirefError(f"paired outcomes need equal lengths; got {a.size} and {b.size}")
     up = int((~a & b).sum())
     down = int((a & ~b).sum())
-    n = up + down
-    p = 1.0 if n == 0 else float(min(1.0, 2.0 * binom.cdf(min(up, down), n, 0.5)))
+    p = 1.0 if up + down == 0 else float(binomtest(up, up + down, 0.5).pvalue)
     return {"p_value": p, "flips_up": up, "flips_down": down}
 
 
@@ -223,13 +282,13 @@ def cohens_d(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
 
 
 def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values), same order as the input."""
+    """Benjamini-Hochberg adjusted p-values (q-values) ``[M]``, same order as the input ``[M]``
+    (``scipy.stats.false_discovery_control``)."""
+    from scipy.stats import false_discovery_control
+
     p = np.asarray(p_values, dtype=np.float64).reshape(-1)
     if p.size == 0:
         return p
-    order = np.argsort(p)
-    ranked = p[order] * p.size / np.arange(1, p.size + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty_like(p)
-    out[order] = np.clip(q, 0.0, 1.0)
-    return out
+    if not np.all((p >= 0) & (p <= 1)):
+        raise LirefError(f"p-values must lie in [0, 1] (no NaN); got {p[~((p >= 0) & (p <= 1))]}")
+    return np.asarray(false_discovery_control(p, method="bh"), dtype=np.float64)

@@ -17,7 +17,8 @@ PROBING = ROOT / "probing"
 #: < report
 ORDER = ("foundation", "questions", "evaluation", "organism", "model", "activations", "probes",
          "sae", "matching", "steering", "report")
-FOUNDATION = {"errors", "io", "seeding", "fingerprint", "lazy", "stats", "version", "batching"}
+FOUNDATION = {"errors", "io", "seeding", "fingerprint", "lazy", "stats", "version", "batching",
+              "figures"}
 #: glue modules of the job layer (not jobs themselves)
 GLUE = {"train/jobkit.py", "train/configs.py", "train/stage_logs.py", "train/tracking.py",
         "analysis/stages.py", "analysis/stage_cache.py"}

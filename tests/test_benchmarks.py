@@ -128,3 +128,56 @@ def test_steering_overhead_quick(tmp_path):
             "sweep_generate_one_by_one"} <= set(result["times_s"])
     assert result["batched_equals_one_by_one"] == {"teacher_forced": True, "generate": True}
     assert "steered generate / plain generate (all positions)" in result["goals"]
+
+
+def test_steering_overhead_flags_through_the_common_parser():
+    from benchmarks import steering_overhead
+
+    plain = steering_overhead.parse_args([])
+    assert (plain.n, plain.sweep_n, plain.new_tokens, plain.repeats) == (256, 128, 16, 5)
+    assert (plain.threads, plain.quick, plain.out) == (1, False, None)
+    quick = steering_overhead.parse_args(["--quick", "--n", "5", "--out", "r.json"])
+    assert (quick.n, quick.sweep_n, quick.new_tokens, quick.repeats) == (5, 16, 4, 1)
+    assert quick.out == "r.json"
+
+
+def test_sae_throughput_random_model_is_an_untrained_organism(tmp_path):
+    """``--model random``: the organism's shape and tokenizer, random weights, from the
+    library (no test helper)."""
+    from benchmarks import sae_throughput
+    from probing.model.blocks import num_layers
+    from probing.model.loading import load_model
+    from probing.organism.config import OrganismConfig
+
+    path, label = sae_throughput._model_path("random", tmp_path)
+    assert label.startswith("random")
+    model, tok = load_model(path)
+    shape = OrganismConfig().model
+    assert num_layers(model) == shape.n_layers
+    assert model.config.hidden_size == shape.hidden_size
+    assert len(tok) == model.config.vocab_size  # the organism's own word-level tokenizer
+
+
+def test_benchmarks_do_not_import_the_tests():
+    from benchmarks import run_all
+
+    for file in sorted(run_all.HERE.glob("*.py")):
+        text = file.read_text()
+        assert "from tests" not in text and "import tests" not in text, file.name
+
+
+def test_organism_matched_folds_are_the_librarys_grouped_folds():
+    import numpy as np
+
+    from benchmarks import organism_matched
+    from probing.probes.evaluation import grouped_folds
+
+    qs = organism_matched.questions("organism_matched")
+    folds = organism_matched.folds(qs, seed=1)
+    groups = np.array([q.group for q in qs])
+    expected = grouped_folds([q.target for q in qs], groups, organism_matched.K_FOLDS, seed=1)
+    assert len(folds) == organism_matched.K_FOLDS
+    for (tr, te), (tr2, te2) in zip(folds, expected, strict=True):
+        assert np.array_equal(tr, tr2) and np.array_equal(te, te2)
+        assert not set(groups[tr]) & set(groups[te])  # no group on both sides
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(qs)))

@@ -357,6 +357,9 @@ def _write_bad_files(folder: Path, good: Path) -> None:
     lines = [json.dumps(r) for r in rows]
     lines[4] = '{"id": "broken", "question": '
     (folder / "malformed.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "unknown_label.jsonl").write_text("".join(
+        json.dumps({**r, "label": ["positive", "negative", "neutral", "unsure"][i % 4]}) + "\n"
+        for i, r in enumerate(rows)))
 
 
 BAD_INPUTS = {
@@ -376,6 +379,10 @@ BAD_INPUTS = {
     "too_few_for_a_split": (["data.sets.0.path=bad/too_few.jsonl"],
                             ["too few", "2 group(s)", "need at least 3", "validation"]),
     "too_many_folds": (["eval.k_folds=40"], ["k_folds=40", "groups of"]),
+    "unknown_label": (["data.sets.0.path=bad/unknown_label.jsonl",
+                       "data.classes=[positive,negative]"],
+                      ["'neutral', 'unsure'", "unknown_label.jsonl line 3",
+                       "['positive', 'negative']"]),
 }
 
 
@@ -405,6 +412,46 @@ def test_bad_input_is_one_clear_error_and_loses_nothing(
     assert "Traceback" not in stderr
     assert not (out / "metrics.json").exists()
     assert _snapshot(keep) == before  # the earlier run and the cache entry are untouched
+
+
+def test_any_binary_concept_through_data_classes(
+    work: Work, probed: Probed, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Someone else's labels: a file labelled positive/negative, ``data.classes`` naming them.
+    The first class is the positive one (target 1, the direction points towards it); the
+    outputs name the classes; balanced accuracy is reported beside accuracy."""
+    rows = [json.loads(line) for line in work.questions.read_text().splitlines()]
+    renamed = work.root / "positive_negative.jsonl"
+    renamed.write_text("".join(json.dumps(
+        {**r, "label": "positive" if r["label"] == "reasoning" else "negative"}) + "\n"
+        for r in rows))
+    out = work.root / "classes_run"
+    args = ["model=local", f"model.name={work.model}", "data=local_file",
+            f"data.sets.0.path={renamed}", "data.classes=[positive,negative]", LAYERS,
+            "logger=disabled", f"hydra.run.dir={out}"]
+    code, stderr = _run_in_process("train.probe", args, work, monkeypatch, capsys)
+    assert code == 0, stderr
+    summary = json.loads((out / "questions.json").read_text())
+    assert summary["classes"] == ["positive", "negative"]
+    assert summary["by_label"] == {"positive": 16, "negative": 16}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("best/accuracy", "best/balanced_accuracy", "best/balanced_accuracy_ci_low",
+                "layer_00/balanced_accuracy", "control/bow_balanced_accuracy"):
+        assert key in metrics, key
+    probe = load_probe(out / "probe")
+    assert probe.metadata["classes"] == ["positive", "negative"]
+    # the same activations and split as the reasoning/memory run: the same probe
+    reference = load_probe(probed.run_dir / "probe")
+    assert probe.decision_threshold_ == reference.decision_threshold_
+    torch.testing.assert_close(probe.direction, reference.direction)
+    acts = ActivationCache(json.loads((out / "activations.json").read_text())["cache"]).load()
+    pos_ids = {r["id"] for r in rows if r["label"] == "reasoning"}
+    positive = [i for i, qid in enumerate(acts.ids) if qid in pos_ids]
+    assert len(positive) == 16
+    scores = probe.decision_function(acts.layer(probe.layer))
+    others = np.setdiff1d(np.arange(len(scores)), positive)
+    assert scores[positive].mean() > scores[others].mean()  # towards the first class
 
 
 def test_cli_error_exit_code_and_earlier_outputs_intact(work: Work, probed: Probed) -> None:

@@ -252,10 +252,10 @@ def test_matched_set_defeats_a_bag_of_words_probe() -> None:
     """On exceptions vs ordinary problems a bag-of-words logistic regression (unigrams +
     bigrams of the prompt) is near chance on held-out groups, while on the lexical sets
     (memory facts vs reasoning) the same control separates perfectly."""
-    from sklearn.model_selection import StratifiedGroupKFold
     from threadpoolctl import threadpool_limits
 
     from probing.probes.controls import bow_scores
+    from probing.probes.evaluation import grouped_folds
     from probing.questions import load_question_set
     from probing.stats import auroc
 
@@ -267,8 +267,7 @@ def test_matched_set_defeats_a_bag_of_words_probe() -> None:
         values = []
         for repeat in range(3):  # grouped 5-fold, out-of-fold scores, 3 shuffles
             scores = np.zeros(len(qs))
-            folds = StratifiedGroupKFold(5, shuffle=True, random_state=repeat)
-            for tr, te in folds.split(texts, y, [q.group for q in qs]):
+            for tr, te in grouped_folds(y, [q.group for q in qs], 5, seed=repeat):
                 scores[te] = bow_scores([texts[i] for i in tr], y[tr], [texts[i] for i in te])
             values.append(auroc(y, scores))
         return float(np.mean(values))

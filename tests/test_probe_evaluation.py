@@ -99,3 +99,37 @@ def test_nested_kfold_pools_out_of_fold_predictions():
     assert ev.split["mode"] == "nested_kfold"
     folds = ev.split["test_folds"]
     assert sorted(i for f in folds for i in f) == list(range(120))  # every item tested once
+
+
+def test_validation_ties_go_to_the_earliest_layer_via_select_layer():
+    """The layer choice is ``directions.select_layer`` on the validation figures: two identical
+    layers tie and the earlier one is chosen, whichever order they are listed in."""
+    from probing.probes.directions import select_layer
+
+    y = np.array([0, 1] * 60)
+    one = _layers(y, [np.arange(120)])
+    acts = torch.cat([one, one], 1)  # [N, 2, d]: the same activations twice
+    for layers in ([4, 2], [2, 4]):
+        ev = evaluate_layers(acts, y, layers, "diffmean", compare_logistic=False,
+                             n_resamples=50)
+        val_rows = [{"layer": r["layer"], "auroc": r["val_auroc"]} for r in ev.rows]
+        assert ev.best_layer == select_layer(val_rows) == 2
+
+
+def test_imbalanced_classes_report_balanced_accuracy_beside_accuracy():
+    """108 vs 252, well separated: with the threshold chosen on the training part, held-out
+    accuracy and balanced accuracy (with intervals, per layer and for the best layer) are both
+    high and close, as AUROC says they should be."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(108, dtype=np.int64), np.zeros(252, dtype=np.int64)]
+    x = rng.normal(size=(360, 8))
+    x[y == 1, 0] = rng.normal(3.0, 0.3, 108)
+    x[y == 0, 0] = 1.5 - rng.exponential(4.0, 252)  # the class-mean midpoint is inside memory
+    ev = evaluate_layers(torch.tensor(x[:, None, :]), y, [0], "diffmean",
+                         compare_logistic=False, n_resamples=200)
+    for figures in (ev.rows[0], ev.best):
+        assert figures["auroc"] > 0.99
+        assert figures["accuracy"] > 0.95 and figures["balanced_accuracy"] > 0.95
+        assert abs(figures["accuracy"] - figures["balanced_accuracy"]) < 0.03
+        assert (figures["balanced_accuracy_ci_low"] <= figures["balanced_accuracy"]
+                <= figures["balanced_accuracy_ci_high"])

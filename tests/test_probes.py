@@ -38,6 +38,71 @@ def test_diffmean_threshold_is_midpoint_of_class_projections():
     assert p.predict(np.array([[1.1, 5.0], [0.9, -5.0]])).tolist() == [1, 0]
 
 
+def _imbalanced(seed: int, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """108 reasoning vs 252 memory items, well separated along feature 3 (reasoning at 3 +- 0.3,
+    memory below 1.5 with a long tail): the class-mean midpoint falls inside the memory class."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(108, dtype=np.int64), np.zeros(252, dtype=np.int64)]
+    x = rng.normal(size=(360, d))
+    x[y == 1, 3] = rng.normal(3.0, 0.3, 108)
+    x[y == 0, 3] = 1.5 - rng.exponential(4.0, 252)
+    return x, y
+
+
+@pytest.mark.parametrize("kind", sorted(PROBES))
+def test_threshold_chosen_on_fit_data_holds_up_on_imbalanced_classes(kind):
+    from sklearn.metrics import balanced_accuracy_score
+
+    x, y = _imbalanced(0)
+    xt, yt = _imbalanced(1)
+    probe = make_probe(kind).fit(x, y)
+    pred = probe.predict(xt)
+    accuracy, balanced = float((pred == yt).mean()), balanced_accuracy_score(yt, pred)
+    assert accuracy > 0.98 and balanced > 0.98 and abs(accuracy - balanced) < 0.02
+    assert ((probe.predict_proba(xt) > 0.5) == pred.astype(bool)).all()
+
+
+def test_diffmean_midpoint_alone_fails_on_imbalanced_classes():
+    """What the chosen threshold fixes: at the class-mean midpoint the same probe misreads a
+    sixth of the held-out items although it ranks them perfectly."""
+    from probing.stats import auroc
+
+    x, y = _imbalanced(0)
+    xt, yt = _imbalanced(1)
+    probe = DiffMeanProbe().fit(x, y)
+    midpoint = (xt @ probe.direction.numpy() - probe.threshold_) > 0
+    assert (midpoint == yt).mean() < 0.9 < auroc(yt, probe.decision_function(xt)) == 1.0
+    assert probe.decision_threshold_ > 0.1  # moved, in pooled-std units, towards reasoning
+    assert probe.score(xt, yt) > 0.98
+
+
+def test_balanced_data_keep_the_probes_own_threshold():
+    x, y = _data(shift=4.0)  # separable: the probe's own threshold is already the best
+    for kind in sorted(PROBES):
+        assert make_probe(kind).fit(x, y).decision_threshold_ == 0.0, kind
+
+
+def test_saved_probe_keeps_its_threshold(tmp_path):
+    import json
+
+    x, y = _imbalanced(0)
+    xt, _ = _imbalanced(1)
+    probe = DiffMeanProbe(layer=2).fit(x, y)
+    probe.save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert meta["threshold"] == probe.decision_threshold_ != 0.0
+    loaded = load_probe(tmp_path / "p")
+    assert loaded.decision_threshold_ == probe.decision_threshold_
+    np.testing.assert_array_equal(loaded.predict(xt), probe.predict(xt))
+    np.testing.assert_array_equal(loaded.decision_function(xt), probe.decision_function(xt))
+    del meta["threshold"]  # a probe saved before thresholds were chosen: its own (0)
+    (tmp_path / "p" / "probe.json").write_text(json.dumps(meta))
+    old = load_probe(tmp_path / "p")
+    assert old.decision_threshold_ == 0.0
+    np.testing.assert_allclose(old.decision_function(xt),
+                               probe.decision_function(xt) + probe.decision_threshold_)
+
+
 def test_sparse_topk_keeps_k_features():
     x, y = _data()
     p = make_probe("sparse", k=2).fit(x, y)

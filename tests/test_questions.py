@@ -325,8 +325,56 @@ def test_empty_file_and_empty_set(tmp_path: Path) -> None:
 
 
 def test_bad_label_value_names_line() -> None:
-    with pytest.raises(LirefError, match=r"bad_label\.csv line 3: bad label 'math'; allowed"):
+    with pytest.raises(LirefError, match=r"unknown label value\(s\) 'math' in column 'label' "
+                                         r"\(first at .*bad_label\.csv line 3\); allowed: "
+                                         r"\['reasoning', 'memory'\] \(or 1/0\)"):
         load_csv(str(FIX / "bad_label.csv"))
+
+
+def test_classes_name_a_files_two_labels(tmp_path: Path) -> None:
+    """``classes=[positive, negative]``: the first is the positive class (label "reasoning",
+    target 1); case and 1/0 as for the default names; the default names are then unknown."""
+    f = tmp_path / "concept.jsonl"
+    f.write_text("".join(json.dumps({"id": str(i), "question": f"text {i}", "label": lab}) + "\n"
+                         for i, lab in enumerate(["positive", "negative", "Positive", "0", "1"])))
+    qs = load_jsonl(str(f), classes=["positive", "negative"])
+    assert [x.target for x in qs] == [1, 0, 1, 0, 1]
+    assert [x.label for x in qs] == ["reasoning", "memory", "reasoning", "memory", "reasoning"]
+    assert [x.target for x in load_jsonl(str(f), classes=["negative", "positive"])] == [
+        0, 1, 0, 0, 1]  # the order decides; 1/0 still mean first/second class
+    fixed = load_jsonl(str(FIX / "nolabel.jsonl"), label="negative",
+                       classes=["positive", "negative"])
+    assert {x.label for x in fixed} == {"memory"}
+    with pytest.raises(LirefError, match=r"'positive', 'negative'.*allowed: \['reasoning', "):
+        load_jsonl(str(f))
+
+
+def test_unknown_labels_are_one_error_naming_them_all(tmp_path: Path) -> None:
+    f = tmp_path / "concept.csv"
+    f.write_text("question,label\na,positive\nb,neutral\nc,negative\nd,unsure\ne,neutral\n")
+    with pytest.raises(LirefError) as e:
+        load_csv(str(f), classes=["positive", "negative"])
+    msg = str(e.value)
+    assert "'neutral', 'unsure'" in msg and "concept.csv line 3" in msg
+    assert "allowed: ['positive', 'negative'] (or 1/0)" in msg and "classes:" in msg
+    for bad in (["a"], ["a", "A"], "ab", ["a", ""]):
+        with pytest.raises(LirefError, match="classes must"):
+            load_csv(str(f), classes=bad)
+
+
+def test_load_questions_gives_classes_to_file_labelled_sets_only(tmp_path: Path) -> None:
+    from probing.questions import load_questions
+
+    f = tmp_path / "concept.jsonl"
+    f.write_text("".join(json.dumps({"question": f"item {i}", "label": lab}) + "\n"
+                         for i, lab in enumerate(["yes", "no"] * 3)))
+    sets = [{"name": "jsonl", "path": str(f)},
+            {"name": "gsm8k", "path": str(FIX / "gsm8k_small.jsonl")}]
+    qs = load_questions(sets, classes=["yes", "no"])
+    by_source = Counter((x.source, x.target) for x in qs)
+    assert by_source == {("concept", 1): 3, ("concept", 0): 3, ("gsm8k", 1): 3}
+    with pytest.raises(LirefError, match="'yes', 'no'"):
+        load_questions(sets)  # without classes the file's labels are unknown
 
 
 def test_missing_local_file_and_bad_suffix(tmp_path: Path) -> None:
@@ -487,3 +535,26 @@ def test_balanced_quotas() -> None:
 def test_load_question_set_samples_through_registry() -> None:
     qs = load_question_set("jsonl", path=str(FIX / "generic.jsonl"), n=2, seed=0, columns=MAP)
     assert Counter(x.label for x in qs) == {"reasoning": 1, "memory": 1}
+
+
+def test_registered_custom_loader_gets_dedupe_and_balanced_sampling(monkeypatch) -> None:
+    """``register_question_set`` (the notebook way to plug a loader of one's own in): its
+    questions go through the same de-duplication and balanced sampling as the built-in sets."""
+    import probing.questions as pq
+
+    monkeypatch.setattr(pq, "_CUSTOM", {})  # the registry is global: leave it as found
+    seen: dict[str, Any] = {}
+
+    def mine(path: str | None, split: str | None, **options: Any) -> list[Question]:
+        seen.update(path=path, split=split, **options)
+        return [q(i, "memory") for i in range(6)] + [q(i, "reasoning") for i in range(6, 9)] + [
+            Question(id="t/dup", question="QUESTION 0", answers=("a",), label="memory",
+                     source="t")]
+
+    pq.register_question_set("mine", mine)
+    qs = load_question_set("mine", path="p", split="s", n=4, seed=0, flavour="x")
+    assert seen == {"path": "p", "split": "s", "flavour": "x"}
+    assert Counter(x.label for x in qs) == {"reasoning": 2, "memory": 2}
+    assert len(load_question_set("mine")) == 9  # "QUESTION 0" duplicates "question 0"
+    with pytest.raises(LirefError, match="'mine'"):  # the error lists registered names too
+        load_question_set("nope")

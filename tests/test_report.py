@@ -89,3 +89,37 @@ def test_report_of_a_probe_run(tiny_llama, tmp_path):
     assert "![probe layers](probe/probe_layers.png)" in text and "| layer |" in text
     with pytest.raises(LirefError, match="holds no stage results"):
         build_report(tmp_path / "cache")
+
+
+_BACKEND_CHECK = """
+import matplotlib
+matplotlib.use("template")  # e.g. a notebook's own backend
+import numpy as np
+import probing.probes.plots, probing.steering.plots, probing.matching.plots
+import probing.sae.metrics
+assert matplotlib.get_backend() == "template", matplotlib.get_backend()
+probing.probes.plots.plot_pca(np.eye(4), ["reasoning", "memory"] * 2, {out!r})
+assert matplotlib.get_backend() == "template", matplotlib.get_backend()
+import matplotlib.pyplot as plt
+assert plt.get_fignums() == []  # no figure left open in pyplot
+print("ok")
+"""
+
+
+def test_plotting_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    """Importing the plotting modules and saving a figure keep the backend a user chose (they
+    draw on their own Agg canvas); the PNG is still written. A fresh interpreter, so no other
+    test's matplotlib state counts."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "pca.png"
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run([sys.executable, "-c", _BACKEND_CHECK.format(out=str(out))],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+    assert out.read_bytes().startswith(PNG_MAGIC)

@@ -29,3 +29,21 @@ def test_per_layer_table_of_a_probe_run_and_of_a_pipeline_run(tmp_path):
         probing.load_results(tmp_path, "steering")
     with pytest.raises(LirefError, match="does not exist"):
         probing.load_results(tmp_path / "missing")
+
+
+def test_write_csv_union_of_keys_or_given_columns(tmp_path):
+    """``probing.io.write_csv`` (steering results.csv and match latents.csv): header, empty cells
+    for ``None`` / missing keys, quoting, the union of keys in first-seen order or the given
+    columns only."""
+    import csv
+
+    from probing.io import write_csv
+
+    rows = [{"a": 1, "b": None, "c": "x,y"}, {"b": 2.5, "d": 'q"uote', "a": 3}]
+    path = write_csv(tmp_path / "all.csv", rows)
+    assert path.read_bytes() == b'a,b,c,d\r\n1,,"x,y",\r\n3,2.5,,"q""uote"\r\n'
+    with path.open(newline="") as fh:
+        assert list(csv.DictReader(fh))[1] == {"a": "3", "b": "2.5", "c": "", "d": 'q"uote'}
+    some = write_csv(tmp_path / "some.csv", rows, ["d", "a"])
+    assert some.read_text().splitlines() == ["d,a", ",1", '"q""uote",3']
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind

@@ -11,6 +11,8 @@ from probing.stats import (
     accuracy_with_ci,
     auroc,
     auroc_with_ci,
+    balanced_accuracy_with_ci,
+    balanced_threshold,
     benjamini_hochberg,
     bootstrap_auroc,
     bootstrap_ci,
@@ -80,3 +82,60 @@ def test_cohens_d_and_benjamini_hochberg():
     assert cohens_d([1, 1], [1, 1]) == 0.0
     q = benjamini_hochberg([0.01, 0.04, 0.03, 0.5])
     assert np.allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
+
+
+def test_library_backed_statistics_equal_the_former_hand_written_values():
+    """auroc (sklearn), benjamini_hochberg (scipy false_discovery_control) and mcnemar_exact
+    (scipy binomtest) give the values the hand-written versions gave (ties included)."""
+    assert auroc([0, 0, 1, 1, 1, 0, 1, 0], [0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.9, 0.2]) == 0.8125
+    assert auroc([0, 1, 0, 1], [1, 1, 1, 1]) == 0.5
+    y, s = _scores()
+    assert auroc(y, s) == pytest.approx(0.8108682996731001, rel=1e-12)
+    q = benjamini_hochberg([0.01, 0.04, 0.03, 0.5, 0.04, 1.0, 0.0, 0.2])
+    assert np.allclose(q, [0.04, 0.064, 0.064, 0.5714285714285714, 0.064, 1.0, 0.0,
+                           0.26666666666666666], rtol=1e-12, atol=0)
+    p = np.random.default_rng(3).uniform(size=12) ** 3
+    assert np.allclose(benjamini_hochberg(p), [
+        0.0050039923044378955, 0.03187235414062807, 0.5144508734940965, 0.23676248442993977,
+        0.0050039923044378955, 0.13929284164781333, 0.16490632870768906, 0.0122279440374079,
+        0.43241505713517303, 0.005875173866693129, 0.11976238012910484, 0.18397357160115999],
+        rtol=1e-12, atol=0)
+    assert benjamini_hochberg([]).shape == (0,)
+    with pytest.raises(LirefError, match=r"\[0, 1\]"):
+        benjamini_hochberg([0.1, float("nan")])
+    old = {(1, 4): 0.375, (0, 0): 1.0, (3, 3): 1.0, (10, 2): 0.03857421875, (0, 7): 0.015625,
+           (25, 40): 0.08168153394154003, (1, 0): 1.0}
+    for (up, down), p_old in old.items():
+        a = np.array([0] * up + [1] * down + [1, 0])
+        b = np.array([1] * up + [0] * down + [1, 0])
+        r = mcnemar_exact(a, b)
+        assert (r["flips_up"], r["flips_down"]) == (up, down)
+        assert r["p_value"] == pytest.approx(p_old, rel=1e-12)
+
+
+def test_balanced_threshold_keeps_a_best_default_else_the_nearest_best_cut():
+    y = np.array([1] * 10 + [0] * 30)
+    s = np.r_[np.linspace(1, 2, 10), np.linspace(-3, 0.5, 30)]  # gap between 0.5 and 1
+    assert balanced_threshold(y, s) == 0.75  # 0 misreads memory items: halfway in the gap
+    assert balanced_threshold(y, s, default=0.7) == 0.7  # already perfect: kept
+    assert balanced_threshold(y, s, default=5.0) == 0.75
+    assert balanced_threshold([1, 1, 1], [0.1, 0.2, 0.3], default=0.4) == 0.4  # one class
+    assert balanced_threshold([1, 0, 1, 0], [1.0, 1.0, 1.0, 1.0]) == 0.0  # nothing to gain
+    y2, s2 = _scores(400, seed=2)  # overlapping classes: the cut beats every other cut
+    cut = balanced_threshold(y2, s2)
+    from sklearn.metrics import balanced_accuracy_score
+
+    best = balanced_accuracy_score(y2, s2 > cut)
+    assert all(balanced_accuracy_score(y2, s2 > c) <= best + 1e-12 for c in np.unique(s2))
+
+
+def test_balanced_accuracy_with_ci_equals_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.array([1] * 20 + [0] * 80)
+    pred = np.r_[np.ones(15), np.zeros(5), np.zeros(70), np.ones(10)].astype(int)
+    value, lo, hi = balanced_accuracy_with_ci(y, pred, n_resamples=300)
+    assert value == pytest.approx(balanced_accuracy_score(y, pred)) == (15 / 20 + 70 / 80) / 2
+    assert lo < value < hi
+    acc = accuracy_with_ci(pred == y, n_resamples=300)[0]
+    assert acc == pytest.approx(0.85) and value == pytest.approx(0.8125)

@@ -28,16 +28,11 @@ def _exercise(tracker: Tracker, png: Path | None = None) -> None:
 
 
 def _png(path: Path) -> Path:
-    import matplotlib
+    from probing.figures import agg_figure, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1, 1))
+    fig, ax = agg_figure(figsize=(1, 1))
     ax.plot([0, 1], [0, 1])
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def test_flatten_nested_keys() -> None:

@@ -183,7 +183,8 @@ def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list
     from probing.questions import load_questions
     from probing.questions.prompts import prompt_template
 
-    questions = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model))
+    questions = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model),
+                               classes=plain(cfg.data.get("classes")))
     layers = None if cfg.layers is None else list(cfg.layers)
     return probe_data(model, tokenizer, questions, cfg.cache_dir, layers, cfg.position,
                       cfg.batch_size, prompt_template(cfg.prompt), controls=controls)

@@ -26,7 +26,7 @@ def probe(ctx: JobContext) -> dict:
         val_size=cfg.eval.val_size, test_size=cfg.eval.test_size, k_folds=cfg.eval.k_folds,
         seed=cfg.seed, select_by=cfg.eval.select_by,
         metadata={**describe_model(model), "data": cfg.data.name}, transfer=transfer,
-        n_resamples=cfg.eval.n_resamples)
+        n_resamples=cfg.eval.n_resamples, classes=plain(cfg.data.get("classes")))
     log_probe_report(ctx, report)
     return report.metrics
 

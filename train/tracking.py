@@ -254,7 +254,12 @@ _HEADER = 7  # crc32 (4) + length (2) + type (1); the file starts with ":W&B" + 
 
 
 def _records(path: Path) -> Iterator[bytes]:
-    """Raw records of a ``.wandb`` transaction log (LevelDB-style blocks of 32 KiB)."""
+    """Raw records of a ``.wandb`` transaction log (LevelDB-style blocks of 32 KiB).
+
+    Hand-written because wandb has no Python reader of its own log any more: the installed
+    wandb 0.31 reads it only in its Go service (``wandb-core``; ``wandb.sdk.internal.datastore``
+    is gone). The records themselves are parsed with wandb's protobuf (``wandb.proto``).
+    """
     data = path.read_bytes()
     if data[:4] != b":W&B":
         from probing.errors import LirefError

@@ -94,14 +94,6 @@ class ActivationCache:
         """The checked manifest; a damaged one raises ``LirefError`` naming the folder."""
         return self.entry.read_manifest()
 
-    def is_complete(self) -> bool:
-        return self.exists() and bool(self.manifest()["complete"])
-
-    def verify_shard(self, shard: dict[str, Any]) -> Path:
-        """Check a shard's size and sha256 against the manifest; raise if it differs."""
-        self.entry.read_shard_bytes(shard)
-        return self.folder / shard["file"]
-
     def _read_shard(self, shard: dict[str, Any]) -> torch.Tensor:
         acts = self.entry.read_shard(shard)
         if acts.shape[0] != shard["end"] - shard["start"]:

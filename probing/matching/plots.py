@@ -1,4 +1,4 @@
-"""PNG plots of a match run (matplotlib, Agg): each figure beside its control.
+"""PNG plots of a match run (matplotlib, own Agg canvas): each figure beside its control.
 
 - decoder-cosine histogram against the random and label-permutation nulls;
 - OMP reconstruction cosine vs k, against random and permuted directions;
@@ -15,34 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from probing.figures import agg_figure, save_png
+
 __all__ = ["plot_class_histograms", "plot_cosine_histogram", "plot_reconstruction",
            "plot_sparse_probes"]
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
 
 
 def plot_cosine_histogram(cosines: np.ndarray, d: int, null_samples: Mapping[str, np.ndarray],
                           marked: Sequence[int], path: str | Path, title: str = "") -> Path:
     """Density of every latent's decoder cosine, the analytic N(0, 1/d) curve and the sampled
     null cosines; ``marked`` latents get a tick each."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = agg_figure(figsize=(6.4, 3.6))
     lim = float(max(np.abs(cosines).max(), *(np.abs(v).max() for v in null_samples.values()
                                               if v.size), 3 / np.sqrt(d))) * 1.05
     bins = np.linspace(-lim, lim, 81)
@@ -64,7 +47,7 @@ def plot_cosine_histogram(cosines: np.ndarray, d: int, null_samples: Mapping[str
     ax.set_ylabel("density (log)")
     ax.set_title(title or "decoder cosines vs nulls", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=110)
 
 
 def plot_reconstruction(curve: Sequence[Mapping[str, Any]],
@@ -72,8 +55,7 @@ def plot_reconstruction(curve: Sequence[Mapping[str, Any]],
                         title: str = "") -> Path:
     """OMP reconstruction cosine vs k for the LiReF and the control directions (mean with a
     band from the 5th to the 95th percentile)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = agg_figure(figsize=(6, 3.6))
     ks = [r["k"] for r in curve]
     ax.plot(ks, [r["cosine"] for r in curve], marker="o", ms=3, color="tab:red", label="LiReF")
     colours = {"random": "tab:grey", "permutation": "tab:blue"}
@@ -92,14 +74,13 @@ def plot_reconstruction(curve: Sequence[Mapping[str, Any]],
     ax.set_ylim(0, 1.02)
     ax.set_title(title or "sparse reconstruction of the LiReF", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_png(fig, path, dpi=110)
 
 
 def plot_sparse_probes(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = ""
                        ) -> Path:
     """Held-out AUROC vs k of the sparse probes (95% intervals) and the reference lines."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = agg_figure(figsize=(6, 3.6))
     colours = {"latents": "tab:red", "neurons": "tab:green"}
     for kind, colour in colours.items():
         part = [r for r in rows if r["kind"] == kind]
@@ -125,18 +106,17 @@ def plot_sparse_probes(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
     ax.set_ylim(0.4, 1.02)
     ax.set_title(title or "sparse probes", fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
-    return _save(fig, path)
+    return save_png(fig, path, dpi=110)
 
 
 def plot_class_histograms(values: Mapping[str, np.ndarray], y: np.ndarray, path: str | Path,
                           title: str = "") -> Path:
     """One panel per entry of ``values`` (``[N]`` each): histograms for reasoning (label 1)
     and memory (label 0) prompts."""
-    plt = _plt()
     n = max(len(values), 1)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = agg_figure(rows, cols, figsize=(3.1 * cols, 2.4 * rows), squeeze=False)
     for ax, (name, v) in zip(axes.ravel(), values.items(), strict=False):
         v = np.asarray(v, dtype=np.float64)
         lo, hi = float(v.min()), float(v.max())
@@ -151,4 +131,4 @@ def plot_class_histograms(values: Mapping[str, np.ndarray], y: np.ndarray, path:
         ax.axis("off")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(title or "top latents by class (held-out prompts)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=110)

@@ -20,7 +20,6 @@ question labels except the permutation null (all prompts, labels shuffled).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from probing.errors import LirefError, from_mapping
-from probing.io import write_json
+from probing.io import write_csv, write_json
 from probing.matching.geometry import decoder_matrix, omp_path, unit_direction
 from probing.matching.injection import READOUTS, InjectionConfig, Target
 from probing.matching.inputs import LATENTS_FILENAME, MATCH_FILENAME, MatchInputs
@@ -311,17 +310,6 @@ def _py(v: Any) -> Any:
     return v
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
-    tmp.replace(path)
-    return path
-
-
 def run_matching(
     model: Any,
     tokenizer: Any,
@@ -450,7 +438,7 @@ def run_matching(
     files: dict[str, Path] = {}
     write_json(out / LATENTS_FILENAME, rows)
     files["latents"] = out / LATENTS_FILENAME
-    files["latents_csv"] = _write_csv(out / "latents.csv", rows, LATENT_COLUMNS)
+    files["latents_csv"] = write_csv(out / "latents.csv", rows, LATENT_COLUMNS)
     write_json(out / "reconstruction.json", recon)
     files["reconstruction"] = out / "reconstruction.json"
     write_json(out / "nulls.json", null_summary)

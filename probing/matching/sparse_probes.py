@@ -17,7 +17,7 @@ import torch
 
 from probing.errors import LirefError
 from probing.probes.directions import check_labels
-from probing.stats import accuracy_with_ci, auroc_with_ci
+from probing.stats import accuracy_with_ci, auroc_with_ci, balanced_threshold
 
 __all__ = ["SPARSE_KS", "heldout_row", "select_by_mean_diff", "sparse_probe_curve",
            "sparse_probe_table"]
@@ -94,7 +94,8 @@ def sparse_probe_table(latents: torch.Tensor, neurons: torch.Tensor, y: np.ndarr
         r = direction.double().numpy()
         proj = xn @ (r / np.linalg.norm(r))
         mid = (proj[train][y[train] == 1].mean() + proj[train][y[train] == 0].mean()) / 2
-        refs.append(("liref", proj[test] - mid))
+        cut = mid + balanced_threshold(y[train], proj[train] - mid)  # as every probe's
+        refs.append(("liref", proj[test] - cut))
     texts = list(texts)
     refs.append(("bow", bow_scores([texts[i] for i in train], y[train],
                                    [texts[i] for i in test])))

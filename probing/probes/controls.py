@@ -31,7 +31,8 @@ def bow_scores(train_texts: Sequence[str], y_train: Sequence[int] | np.ndarray,
                test_texts: Sequence[str], C: float = 1.0, ngram_range: tuple[int, int] = (1, 2),
                max_iter: int = 2000) -> np.ndarray:
     """Decision scores ``[n_test]`` (> 0 = reasoning) of a bag-of-words logistic regression
-    fitted on ``train_texts`` (vocabulary from the training texts only)."""
+    fitted on ``train_texts`` (vocabulary from the training texts only); 0 sits at the threshold
+    with the best balanced accuracy on the training texts, as for every probe."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -42,8 +43,11 @@ def bow_scores(train_texts: Sequence[str], y_train: Sequence[int] | np.ndarray,
         x_train = vec.fit_transform(list(train_texts))
     except ValueError as exc:  # empty vocabulary
         raise LirefError(f"bag-of-words control: the training texts have no tokens ({exc})") from exc
+    from probing.stats import balanced_threshold
+
     clf = LogisticRegression(C=C, max_iter=max_iter).fit(x_train, y)
-    return clf.decision_function(vec.transform(list(test_texts)))
+    cut = balanced_threshold(y, clf.decision_function(x_train))
+    return clf.decision_function(vec.transform(list(test_texts))) - cut
 
 
 @torch.no_grad()

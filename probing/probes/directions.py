@@ -97,7 +97,9 @@ def project(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
 
 
 def select_layer(per_layer: Sequence[Mapping[str, Any]], key: str = "auroc") -> int:
-    """The layer whose metric ``key`` is highest (ties: the earliest layer)."""
+    """The layer whose metric ``key`` is highest (ties: the earliest layer), from rows
+    ``[{"layer": l, key: value, ...}]`` (e.g. ``per_layer.json``; ``evaluate_layers`` chooses
+    with it on validation figures)."""
     if not per_layer:
         raise LirefError("no per-layer metrics to select a layer from")
     best = max(per_layer, key=lambda r: (r[key], -r["layer"]))

@@ -2,8 +2,12 @@
 direction / save / load (scikit-learn style: parameters in ``__init__``, learned state in
 attributes ending in ``_``).
 
-Targets: 1 = reasoning, 0 = memory. Inputs ``X`` are ``[N, d_model]`` activations of one layer.
-Saved as ``probe.safetensors`` (tensors) + ``probe.json`` (kind, params, layer, metadata).
+Targets: 1 = reasoning (the data config's first class), 0 = memory (its second). Inputs ``X``
+are ``[N, d_model]`` activations of one layer. Every probe's decision threshold is chosen on
+the data it is fitted on (``probing.stats.balanced_threshold``: the best balanced accuracy, the
+probe's own threshold when that is among the best), so imbalanced classes do not push it off.
+Saved as ``probe.safetensors`` (tensors) + ``probe.json`` (kind, params, layer, threshold,
+metadata).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from probing.errors import LirefError
 from probing.io import read_json, write_json
 from probing.probes.directions import check_labels, diff_in_means, unit
+from probing.stats import balanced_threshold
 from probing.version import __version__
 
 log = logging.getLogger(__name__)
@@ -52,8 +57,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 class Probe:
-    """Base class. Subclasses set ``kind`` and implement ``_fit``, ``decision_function``,
-    ``direction`` and the tensor (de)serialisation."""
+    """Base class. Subclasses set ``kind`` and implement ``_fit``, ``_score`` (the raw score, 0
+    at the probe's own threshold), ``direction`` and the tensor (de)serialisation; the base
+    class chooses ``decision_threshold_`` (in ``_score`` units) on the fit data."""
 
     kind: ClassVar[str] = ""
     _tensor_names: ClassVar[tuple[str, ...]] = ()
@@ -62,6 +68,7 @@ class Probe:
         self.layer = layer
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.d_model_: int | None = None
+        self.decision_threshold_ = 0.0
 
     # --- protocol ---------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -73,9 +80,14 @@ class Probe:
         y_arr = check_labels(x, y)
         self.d_model_ = x.shape[1]
         self._fit(x, y_arr)
+        self.decision_threshold_ = balanced_threshold(y_arr, self._score(x))
         return self
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        """``[N]`` raw scores of checked ``x`` ``[N, d]``; 0 is the probe's own threshold."""
         raise NotImplementedError
 
     def _check(self, X: ArrayLike) -> np.ndarray:
@@ -91,11 +103,13 @@ class Probe:
         return x
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
-        """``[N]`` real-valued scores; > 0 means reasoning."""
-        raise NotImplementedError
+        """``[N]`` real-valued scores of ``X`` ``[N, d]``; > 0 means reasoning (0 is the
+        threshold chosen on the fit data)."""
+        return self._score(self._check(X)) - self.decision_threshold_
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """``[N]`` probability of the reasoning class."""
+        """``[N]`` probability of the reasoning class (sigmoid of ``decision_function``, so
+        0.5 sits at the chosen threshold)."""
         return _sigmoid(self.decision_function(X))
 
     def predict(self, X: ArrayLike) -> np.ndarray:
@@ -135,7 +149,9 @@ class Probe:
                   str(folder / "probe.safetensors"))
         write_json(folder / "probe.json", {
             "kind": self.kind, "params": self.params(), "layer": self.layer,
-            "d_model": self.d_model_, "metadata": self.metadata, "liref_version": __version__,
+            "d_model": self.d_model_, "threshold": self.decision_threshold_,
+            "threshold_chosen_by": "balanced accuracy on the fit data",
+            "metadata": self.metadata, "liref_version": __version__,
         })
         return folder
 
@@ -203,9 +219,10 @@ class Probe:
 
 
 class DiffMeanProbe(Probe):
-    """Diff-in-means probe: direction = mean(reasoning) - mean(memory) (float64); the threshold
-    sits at the midpoint of the two classes' mean projections; ``predict_proba`` is a sigmoid of
-    the projection distance to it, in units of the pooled within-class std."""
+    """Diff-in-means probe: direction = mean(reasoning) - mean(memory) (float64); its own
+    threshold is the midpoint of the two classes' mean projections (moved on the fit data when
+    another cut has a higher balanced accuracy); ``predict_proba`` is a sigmoid of the
+    projection distance to the threshold, in units of the pooled within-class std."""
 
     kind = "diffmean"
     _tensor_names = ("direction_", "threshold_", "scale_")
@@ -223,8 +240,7 @@ class DiffMeanProbe(Probe):
         resid = np.concatenate([proj[y == 1] - m1, proj[y == 0] - m0])
         self.scale_ = float(max(resid.std(), 1e-12))
 
-    def decision_function(self, X: ArrayLike) -> np.ndarray:
-        x = self._check(X)
+    def _score(self, x: np.ndarray) -> np.ndarray:
         return (x @ self.direction.numpy() - self.threshold_) / self.scale_
 
     @property
@@ -283,8 +299,7 @@ class LogisticProbe(Probe):
         self.coef_ = clf.coef_.reshape(-1).astype(np.float64)
         self.intercept_ = float(clf.intercept_[0])
 
-    def decision_function(self, X: ArrayLike) -> np.ndarray:
-        x = self._check(X)
+    def _score(self, x: np.ndarray) -> np.ndarray:
         return self._standardise(x) @ self.coef_ + self.intercept_
 
     @property
@@ -376,4 +391,6 @@ def load_probe(path: str | Path) -> Probe:
         raise LirefError(f"{folder}: probe tensors {missing} missing")
     probe._set_tensors(tensors)
     probe.d_model_ = int(meta["d_model"])
+    # probes saved before thresholds were chosen predicted at their own threshold (0)
+    probe.decision_threshold_ = float(meta.get("threshold", 0.0))
     return probe

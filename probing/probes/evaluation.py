@@ -27,9 +27,14 @@ import torch
 
 from probing.errors import LirefError
 from probing.probes.controls import bow_scores, embedding_scores
-from probing.probes.directions import check_labels
+from probing.probes.directions import check_labels, select_layer
 from probing.probes.estimators import Probe, make_probe
-from probing.stats import N_RESAMPLES, accuracy_with_ci, auroc_with_ci
+from probing.stats import (
+    N_RESAMPLES,
+    accuracy_with_ci,
+    auroc_with_ci,
+    balanced_accuracy_with_ci,
+)
 
 __all__ = [
     "CONTROL_KEYS",
@@ -141,20 +146,26 @@ def grouped_folds(y: Sequence[int] | np.ndarray, groups: Sequence[Any] | np.ndar
 
 def score_metrics(y: np.ndarray, scores: np.ndarray, n_resamples: int = N_RESAMPLES,
                   seed: int = 0) -> dict[str, float]:
-    """Accuracy (``scores > 0`` = reasoning) and AUROC with 95% stratified bootstrap intervals:
-    ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``auroc``, ``auroc_ci_low``, ..."""
+    """Accuracy and balanced accuracy (``scores > 0`` = reasoning; the mean of the two classes'
+    recalls) and AUROC of ``scores`` ``[N]`` for ``y`` ``[N]``, with 95% stratified bootstrap
+    intervals: ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``balanced_accuracy``,
+    ``balanced_accuracy_ci_low``, ..., ``auroc``, ``auroc_ci_low``, ..."""
     y = np.asarray(y).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)
-    acc, acc_lo, acc_hi = accuracy_with_ci((scores > 0).astype(np.int64) == y, n_resamples,
-                                           seed=seed, strata=y)
+    pred = (scores > 0).astype(np.int64)
+    acc, acc_lo, acc_hi = accuracy_with_ci(pred == y, n_resamples, seed=seed, strata=y)
+    bal, bal_lo, bal_hi = balanced_accuracy_with_ci(y, pred, n_resamples, seed=seed)
     auc, auc_lo, auc_hi = auroc_with_ci(y, scores, n_resamples, seed=seed)
     return {"accuracy": acc, "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi,
+            "balanced_accuracy": bal, "balanced_accuracy_ci_low": bal_lo,
+            "balanced_accuracy_ci_high": bal_hi,
             "auroc": auc, "auroc_ci_low": auc_lo, "auroc_ci_high": auc_hi}
 
 
 def evaluate_probe(probe: Probe, x: np.ndarray | torch.Tensor, y: np.ndarray,
                    n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, float]:
-    """Accuracy and AUROC (with 95% intervals) of a fitted probe on ``x`` ``[N, d]``, ``y``."""
+    """Accuracy, balanced accuracy and AUROC (with 95% intervals) of a fitted probe on ``x``
+    ``[N, d]``, ``y`` ``[N]``."""
     return score_metrics(np.asarray(y), probe.decision_function(x), n_resamples, seed)
 
 
@@ -170,13 +181,15 @@ class LayerEvaluation:
     """What ``evaluate_layers`` found.
 
     Attributes:
-        rows: one dict per layer: held-out (test) ``accuracy``/``auroc`` with ``_ci_low`` /
-            ``_ci_high``, ``val_accuracy``/``val_auroc`` (what chose the layer),
+        rows: one dict per layer: held-out (test) ``accuracy``/``balanced_accuracy``/``auroc``
+            with ``_ci_low`` / ``_ci_high``, ``val_accuracy``/``val_auroc`` (what chose the
+            layer),
             ``train_accuracy``, ``cos_logistic_diffmean``, ``selectivity`` and the
             ``control/...`` figures.
         best_layer: the layer chosen on validation data (nested k-fold: the most frequent
             choice over the outer folds).
-        best: held-out figures of the chosen layer(s) (``accuracy``, ``auroc`` + intervals).
+        best: held-out figures of the chosen layer(s) (``accuracy``, ``balanced_accuracy``,
+            ``auroc`` + intervals).
         controls: ``control/bow_accuracy``, ``control/bow_auroc``, ``control/embedding_...``
             (+ intervals) on the same held-out items.
         split: ``{"mode", "train", "val", "test"}`` (indices) or the outer folds.
@@ -225,11 +238,6 @@ def _logistic_agreement(x: np.ndarray, y: np.ndarray, tr: np.ndarray) -> float:
     dm = make_probe("diffmean").fit(x[tr], y[tr]).direction
     lg = make_probe("logistic").fit(x[tr], y[tr]).direction
     return float(dm @ lg)
-
-
-def _choose(val: Mapping[int, Mapping[str, float]], select_by: str) -> int:
-    """The layer with the highest validation ``select_by`` (ties: the earliest)."""
-    return min(val, key=lambda layer: (-val[layer][select_by], layer))
 
 
 def _val_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -344,7 +352,7 @@ def evaluate_layers(
             if compare_logistic:
                 row["cos_logistic_diffmean"] = _logistic_agreement(x, y_arr, fit_idx)
             extra[layer].append(row)
-        chosen = _choose(fold_val, select_by)
+        chosen = select_layer([{"layer": lay, **m} for lay, m in fold_val.items()], select_by)
         choices.append(chosen)
         chosen_scores.append(oof[chosen][-1])
         fit_idx = tr if k_folds is None else np.sort(np.concatenate([tr, va]))

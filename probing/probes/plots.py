@@ -1,4 +1,10 @@
-"""PNG plots (matplotlib, Agg backend): per-layer probe metrics and a PCA of one layer."""
+"""PNG plots: per-layer probe metrics and a PCA of one layer; and the figure helpers every
+liref plot uses (``agg_figure``, ``save_png``).
+
+Figures are drawn on their own Agg canvas (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``),
+never through pyplot: importing or plotting leaves the user's backend (a notebook's inline
+one, say) as it was, and no figure is left open in pyplot's registry.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from probing.figures import agg_figure, save_png
 
-__all__ = ["plot_layer_metrics", "plot_pca"]
+__all__ = ["agg_figure", "plot_layer_metrics", "plot_pca", "save_png"]
+
+
+
+
 
 
 #: control lines drawn on the layer plot: (per_layer key, label, colour)
@@ -29,7 +37,7 @@ def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
                        best_layer: int | None = None) -> Path:
     """Held-out ``keys`` against layer, with their 95% intervals as bands (``<key>_ci_low`` /
     ``_ci_high`` when present), the controls as horizontal lines and the chosen layer marked."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = agg_figure(figsize=(6.5, 3.8))
     layers = [r["layer"] for r in per_layer]
     for key in keys:
         line = ax.plot(layers, [r[key] for r in per_layer], marker="o", ms=3, label=key)[0]
@@ -51,29 +59,25 @@ def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
     ax.set_ylim(0.0, 1.02)
     ax.set_title(title or "probe vs layer", fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=120)
 
 
 def plot_pca(x: torch.Tensor | np.ndarray, labels: Sequence[str], path: str | Path,
-             title: str = "") -> Path:
-    """First two principal components of ``x`` ``[N, d]``, coloured by label."""
+             title: str = "", class_names: Sequence[str] = ("reasoning", "memory")) -> Path:
+    """First two principal components of ``x`` ``[N, d]``, coloured by label (``labels``
+    ``[N]``: ``"reasoning"`` / ``"memory"``, shown as ``class_names``)."""
     arr = x.to(torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
     centred = arr - arr.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     pcs = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = agg_figure(figsize=(4.5, 4))
     labels_arr = np.asarray(labels)
-    for name, colour in (("reasoning", "tab:red"), ("memory", "tab:blue")):
-        m = labels_arr == name
+    for label, name, colour in zip(("reasoning", "memory"), class_names, ("tab:red", "tab:blue"),
+                                   strict=True):
+        m = labels_arr == label
         ax.scatter(pcs[m, 0], pcs[m, 1], s=8, alpha=0.6, c=colour, label=name)
     ax.set_xlabel("PC1")
     ax.set_ylabel("PC2")
     ax.set_title(title or "PCA")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=120)

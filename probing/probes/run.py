@@ -23,7 +23,7 @@ from probing.probes.directions import layer_directions, save_directions
 from probing.probes.estimators import make_probe
 from probing.probes.evaluation import evaluate_layers, score_metrics, transfer_metrics
 from probing.probes.plots import plot_layer_metrics, plot_pca
-from probing.questions import Question
+from probing.questions import LABELS, Question, check_classes
 from probing.version import __version__
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,25 @@ class ProbeReport:
 
 
 def question_summary(questions: Sequence[Question],
-                     transfer: Mapping[str, ProbeData] | None = None) -> dict[str, Any]:
-    """Counts of the probed questions by source, kind (organism) and label, and of each
-    transfer set: ``{"n", "by_label", "rows": [{set, source, kind, label, n}], ...}``."""
+                     transfer: Mapping[str, ProbeData] | None = None,
+                     classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Counts of the probed questions by source, kind (organism) and label (named by
+    ``classes``, positive first), and of each transfer set: ``{"n", "classes", "by_label",
+    "rows": [{set, source, kind, label, n}], ...}``."""
     from collections import Counter
 
+    names = dict(zip(LABELS, check_classes(classes), strict=True))
+
     def rows(qs: Sequence[Question], name: str) -> list[dict[str, Any]]:
-        c = Counter((q.source, str(q.meta.get("kind", "")), q.label) for q in qs)
+        c = Counter((q.source, str(q.meta.get("kind", "")), names[q.label]) for q in qs)
         return [{"set": name, "source": s, "kind": k, "label": lab, "n": n}
                 for (s, k, lab), n in sorted(c.items())]
 
     out_rows = rows(questions, "probe")
     for name, other in (transfer or {}).items():
         out_rows += rows(other.questions, f"transfer:{name}")
-    return {"n": len(questions), "by_label": dict(Counter(q.label for q in questions)),
+    return {"n": len(questions), "classes": list(names.values()),
+            "by_label": dict(Counter(names[q.label] for q in questions)),
             "n_groups": len({q.group for q in questions}), "rows": out_rows}
 
 
@@ -107,6 +112,7 @@ def run_probe_stage(
     metadata: Mapping[str, Any] | None = None,
     transfer: Mapping[str, ProbeData] | None = None,
     n_resamples: int = 1000,
+    classes: Sequence[str] | None = None,
 ) -> ProbeReport:
     """Probe every cached layer (``probing.probes.evaluation.evaluate_layers``: layer chosen on
     validation items, test figures with 95% intervals, bag-of-words and embedding controls),
@@ -115,7 +121,8 @@ def run_probe_stage(
     Writes into ``out_dir``: ``per_layer.json``, ``split.json`` (question ids of each part),
     ``probes/layer_<l>/`` and ``directions/`` (fitted on the training part; with nested
     k-fold on all items), ``probe/`` (the chosen layer's), ``probe_layers.png`` and
-    ``pca_layer_<l>.png``.
+    ``pca_layer_<l>.png``. ``classes``: the data config's class names, positive first (the
+    direction points towards it; recorded in every probe's metadata).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +143,8 @@ def run_probe_stage(
                  if holdout else {"test_folds": [[ids[i] for i in f]
                                                  for f in ev.split["test_folds"]]})
     write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
-    write_json(out / "questions.json", question_summary(questions, transfer))
+    names = check_classes(classes)
+    write_json(out / "questions.json", question_summary(questions, transfer, names))
     write_json(out / "activations.json", {"cache": str(cached.folder), "layers": layers,
                                           "shape": list(cached.acts.shape),
                                           "position": cached.manifest.get("position")})
@@ -144,7 +152,7 @@ def run_probe_stage(
             "position": cached.manifest.get("position"), "model": cached.manifest.get("model"),
             "model_fingerprint": cached.manifest.get("model_fingerprint"),
             "d_model": int(cached.acts.shape[-1]), "prompt_template": asdict(data.template),
-            "best_layer": int(best),
+            "best_layer": int(best), "classes": list(names),
             "n": int(len(y)), "n_fit": int(len(fit_idx)),
             "fitted_on": "train split" if holdout else "all items (nested k-fold)"}
     files: dict[str, Path] = {}
@@ -176,7 +184,8 @@ def run_probe_stage(
         ev.rows, out / "probe_layers.png", best_layer=best,
         title=f"{kind} probe, held-out test ({meta['model']})")
     files["plot_pca"] = plot_pca(cached.layer(best), [q.label for q in questions],
-                                 out / f"pca_layer_{best:02d}.png", title=f"layer {best}")
+                                 out / f"pca_layer_{best:02d}.png", title=f"layer {best}",
+                                 class_names=names)
     return ProbeReport(per_layer=ev.rows, best_layer=best, metrics=metrics,
                        directions=directions, files=files)
 

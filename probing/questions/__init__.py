@@ -13,16 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probing.errors import LirefError
-from probing.questions.record import LABEL_TO_INT, LABELS, Label, Question
+from probing.questions.record import LABEL_TO_INT, LABELS, Label, Question, check_classes
 from probing.questions.sampling import dedupe_questions, sample_balanced
 
 __all__ = [
     "DataConfig",
+    "FILE_LABELLED_SETS",
     "LABELS",
     "LABEL_TO_INT",
     "Label",
     "Question",
     "QUESTION_SETS",
+    "check_classes",
     "load_question_set",
     "load_questions",
     "register_question_set",
@@ -39,6 +41,9 @@ QUESTION_SETS: dict[str, str] = {
     "tsv": "probing.questions.tabular:load_tsv",
     "organism": "probing.organism.questions:load_organism_questions",
 }
+
+#: the sets whose labels are read from the file: they take a data config's ``classes``
+FILE_LABELLED_SETS: tuple[str, ...] = ("jsonl", "csv", "tsv")
 
 _CUSTOM: dict[str, Callable[..., list[Question]]] = {}
 
@@ -103,17 +108,26 @@ class DataConfig:
     n: int | None = None
     transfer: list[Any] = field(default_factory=list)
     root: str | None = None
+    #: the two label values of file-labelled sets, positive first (the direction points to it)
+    classes: list[str] = field(default_factory=lambda: list(LABELS))
+
+    def __post_init__(self) -> None:
+        check_classes(self.classes)
 
 
 def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed: int = 0,
-                   organism_path: str | None = None) -> list[Question]:
+                   organism_path: str | None = None, classes: Sequence[str] | None = None,
+                   ) -> list[Question]:
     """Concatenate question sets (each a kwargs mapping for ``load_question_set``), drop
     duplicates across sets (normalised text), then draw at most ``n`` balanced across labels.
 
     ``organism_path``: checkpoint whose question sets an ``organism`` entry without a ``path``
-    reads (so a retrained organism is probed on its own corpus)."""
+    reads (so a retrained organism is probed on its own corpus). ``classes``: the data
+    config's two class names, positive first (``None`` = reasoning, memory), given to every
+    set that reads its labels from a file (``FILE_LABELLED_SETS``) unless it names its own."""
     if not sets:
         raise LirefError("data.sets is empty: name at least one question set")
+    names = None if classes is None else list(check_classes(classes))
     questions: list[Question] = []
     for spec in sets:
         spec = dict(spec)
@@ -121,6 +135,8 @@ def load_questions(sets: Sequence[Mapping[str, Any]], n: int | None = None, seed
             raise LirefError(f"question set entry {spec} has no 'name'")
         if spec["name"] == "organism" and spec.get("path") is None and organism_path:
             spec["path"] = organism_path
+        if names is not None and spec["name"] in FILE_LABELLED_SETS:
+            spec.setdefault("classes", names)
         questions.extend(load_question_set(**{"seed": seed, **spec}))
     questions = dedupe_questions(questions)  # across sets too (MGSM repeats GSM8K items)
     if n is not None:

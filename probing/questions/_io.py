@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from probing.errors import LirefError
-from probing.questions.record import LABELS
+from probing.questions.record import LABELS, check_classes
 
 logger = logging.getLogger(__name__)
 
@@ -326,15 +326,26 @@ def strip_thousands(text: str) -> str:
 LABEL_ALIASES: dict[str, str] = {"1": "reasoning", "0": "memory"}
 
 
-def parse_label(value: Any, where: str, label_map: Mapping[str, str] | None = None) -> str:
-    """Map a label cell to ``"reasoning"`` or ``"memory"`` (case-insensitive; 1/0 accepted)."""
+def allowed_labels(classes: Sequence[str] | None = None,
+                   label_map: Mapping[str, str] | None = None) -> str:
+    """The label values a file may hold, for error messages."""
+    extra = f" or a key of label_map {sorted(label_map)}" if label_map else ""
+    return f"{list(check_classes(classes))} (or 1/0){extra}"
+
+
+def parse_label(value: Any, where: str, label_map: Mapping[str, str] | None = None,
+                classes: Sequence[str] | None = None) -> str:
+    """Map a label cell to ``"reasoning"`` (the first of ``classes``, the positive class) or
+    ``"memory"`` (the second); case-insensitive, 1/0 accepted, ``label_map`` applied first.
+    ``classes=None`` = ``["reasoning", "memory"]``."""
+    names = check_classes(classes)
     key = str(value).strip()
     if label_map and key in label_map:
         key = str(label_map[key])
     low = key.lower()
-    if low in LABELS:
-        return low
+    for name, label in zip(names, LABELS, strict=True):
+        if low == name.lower():
+            return label
     if low in LABEL_ALIASES:
         return LABEL_ALIASES[low]
-    extra = f" or a key of label_map {sorted(label_map)}" if label_map else ""
-    raise LirefError(f"{where}: bad label {value!r}; allowed: {list(LABELS)} (or 1/0){extra}")
+    raise LirefError(f"{where}: bad label {value!r}; allowed: {allowed_labels(classes, label_map)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -12,6 +13,24 @@ Label = Literal["reasoning", "memory"]
 LABELS: tuple[str, ...] = ("reasoning", "memory")
 #: Integer code used for probe targets: reasoning = 1, memory = 0.
 LABEL_TO_INT: dict[str, int] = {"reasoning": 1, "memory": 0}
+
+
+def check_classes(classes: Sequence[str] | None) -> tuple[str, str]:
+    """The two class names of a data config (``classes: [positive, negative]``), checked.
+
+    A file's labels are these names; the first class is the positive one (probe target 1, the
+    direction points towards it, stored as ``Question.label == "reasoning"``), the second the
+    negative one (target 0, ``"memory"``). ``None`` = ``LABELS`` (reasoning, memory).
+    """
+    if classes is None:
+        return LABELS[0], LABELS[1]
+    if isinstance(classes, str) or len(classes) != 2:
+        raise LirefError(f"classes must name two classes, positive first (e.g. [positive, "
+                         f"negative]); got {classes!r}")
+    names = (str(classes[0]).strip(), str(classes[1]).strip())
+    if not all(names) or names[0].lower() == names[1].lower():
+        raise LirefError(f"classes must be two different non-empty names; got {list(classes)}")
+    return names
 
 
 def normalize_question(text: str) -> str:

@@ -3,19 +3,21 @@
 A column mapping says which column holds what, e.g.
 ``columns={"question": "q", "answers": "gold", "label": "type", "id": "uid"}``; files without
 a label column take a fixed ``label="reasoning"`` (or ``"memory"``). Unmapped columns go to
-``meta``.
+``meta``. ``classes=[positive, negative]`` names the file's two label values (the data
+config's ``classes``; default ``[reasoning, memory]``): the first is the positive class.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from probing.errors import LirefError
 from probing.questions._io import (
     Row,
+    allowed_labels,
     load_hub_rows,
     parse_answers,
     parse_label,
@@ -37,7 +39,7 @@ DEFAULT_COLUMNS: dict[str, str] = {
     "label": "label",
     "id": "id",
 }
-_OPTIONS = ("columns", "label", "label_map", "source", "hub", "config")
+_OPTIONS = ("columns", "label", "label_map", "classes", "source", "hub", "config")
 
 
 def _mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
@@ -61,6 +63,7 @@ def load_table(
     source: str | None = None,
     hub: str | None = None,
     config: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[Question]:
     """Load a local ``fmt`` file (or, with ``path=None``, the hub data set ``hub``).
 
@@ -68,11 +71,18 @@ def load_table(
         fmt: ``jsonl`` (also reads a ``.json`` array), ``csv`` or ``tsv``.
         columns: field -> column name for ``question``, ``answers``, ``label``, ``id``.
         label: fixed label for every row (files without a label column).
-        label_map: file label value -> ``reasoning``/``memory`` (e.g. ``{"math": "reasoning"}``).
+        label_map: file label value -> a class name (e.g. ``{"math": "reasoning"}``).
         source: ``Question.source`` (default: the file stem or hub name).
         hub, config: hub data set name and config, used when ``path`` is ``None``.
+        classes: the two label values, positive first (``None`` = ``[reasoning, memory]``);
+            the positive class becomes ``label="reasoning"`` (target 1), the other
+            ``"memory"`` (target 0).
 
     The answers cell may be a string, a number, a list, or a JSON list inside a string.
+
+    Raises:
+        LirefError: one error naming every label value that is not a class (and where the
+            first is), with the allowed ones; or a bad column, an empty question, a duplicate id.
     """
     mapping = _mapping(columns)
     if label is not None and "label" in mapping:
@@ -80,7 +90,7 @@ def load_table(
             f"give either a fixed label={label!r} or a label column "
             f"(columns['label']={mapping['label']!r}), not both"
         )
-    fixed = parse_label(label, "label option") if label is not None else None
+    fixed = parse_label(label, "label option", classes=classes) if label is not None else None
     split_name = split or "train"
     if path is None:
         if hub is None:
@@ -115,6 +125,7 @@ def load_table(
 
     questions: list[Question] = []
     seen: dict[str, str] = {}
+    unknown: dict[str, str] = {}  # label value -> where it first is
     for row in rows:
         d = row.data
         text = str(d[q_col] if d[q_col] is not None else "").strip()
@@ -125,7 +136,11 @@ def load_table(
         if qid in seen:
             raise LirefError(f"{row.where}: duplicate id {qid!r} (first at {seen[qid]})")
         seen[qid] = row.where
-        lab = fixed or parse_label(d[l_col], row.where, label_map)  # type: ignore[index]
+        try:
+            lab = fixed or parse_label(d[l_col], row.where, label_map, classes)  # type: ignore[index]
+        except LirefError:
+            unknown.setdefault(str(d[l_col]).strip(), row.where)  # type: ignore[index]
+            continue
         questions.append(
             Question(
                 id=qid,
@@ -136,6 +151,13 @@ def load_table(
                 meta={k: v for k, v in d.items() if k not in used},
             )
         )
+    if unknown:
+        values = ", ".join(repr(v) for v in unknown)
+        raise LirefError(
+            f"{source}: unknown label value(s) {values} in column {l_col!r} (first at "
+            f"{next(iter(unknown.values()))}); allowed: {allowed_labels(classes, label_map)} "
+            f"(a data config names a file's two label values, positive first, e.g. "
+            f"classes: [positive, negative])")
     logger.info("%s: %d questions", source, len(questions))
     return questions
 

@@ -1,1 +1,1 @@
-"""Tables and plots of liref's results (PNG via matplotlib's Agg backend)."""
+"""Tables and plots of liref's results (PNG, each figure on its own Agg canvas)."""

@@ -106,11 +106,12 @@ def _questions_section(st: _Stage) -> list[Block]:
         return []
     rows = [[r["set"], r["source"], r.get("kind") or "-", r["label"], str(r["n"])]
             for r in summary["rows"]]
+    positive, negative = summary.get("classes") or ("reasoning", "memory")
     return [Block("h2", "Question sets"),
             Block("p", f"{summary['n']} probed questions in {summary.get('n_groups', '?')} "
                        "groups (paraphrases, duplicates and one fact or computation share a "
-                       "group; no group is on two sides of a split). Labels: 1 = reasoning, "
-                       "0 = memory."),
+                       "group; no group is on two sides of a split). Labels: 1 = "
+                       f"{positive}, 0 = {negative}."),
             Block("table", header=["set", "source", "kind", "label", "n"], rows=rows)]
 
 
@@ -119,9 +120,11 @@ def _probe_section(st: _Stage) -> list[Block]:
     per_layer = st.json("per_layer.json") or []
     best = m.get("best_layer")
     blocks = [Block("h2", "Probes and the reasoning direction per layer"),
-              Block("p", "Every probe is fitted on the training part; the layer is chosen on the "
-                         "validation part; every figure is on the held-out test part, with a 95% "
-                         "bootstrap interval. Controls on the same items: a bag-of-words logistic "
+              Block("p", "Every probe is fitted on the training part, where its decision "
+                         "threshold is chosen too (the best balanced accuracy); the layer is "
+                         "chosen on the validation part; every figure is on the held-out test "
+                         "part, with a 95% bootstrap interval. Balanced accuracy is the mean of "
+                         "the two classes' accuracies. Controls on the same items: a bag-of-words logistic "
                          "regression on the prompt text (unigrams + bigrams) and a probe on the "
                          "mean input embedding. Selectivity = probe AUROC - bag-of-words AUROC.")]
     rows = []
@@ -129,18 +132,19 @@ def _probe_section(st: _Stage) -> list[Block]:
         layer = int(r["layer"])
         pre = f"layer_{layer:02d}/"
         name = f"**{layer}** (chosen)" if layer == best else str(layer)
-        rows.append([name, st.ci(pre + "accuracy"), st.ci(pre + "auroc"),
-                     st.cell(pre + "val_auroc"), st.cell(pre + "selectivity")])
+        rows.append([name, st.ci(pre + "accuracy"), st.ci(pre + "balanced_accuracy"),
+                     st.ci(pre + "auroc"), st.cell(pre + "val_auroc"),
+                     st.cell(pre + "selectivity")])
     blocks.append(Block("table", "held-out test figures per layer",
-                        ["layer", "accuracy", "AUROC", "validation AUROC", "selectivity"], rows))
-    controls = [["bag-of-words (prompt text)", st.ci("control/bow_accuracy"),
-                 st.ci("control/bow_auroc")],
-                ["mean input embedding", st.ci("control/embedding_accuracy"),
-                 st.ci("control/embedding_auroc")],
-                [f"probe at the chosen layer {best}", st.ci("best/accuracy"),
-                 st.ci("best/auroc")]]
+                        ["layer", "accuracy", "balanced accuracy", "AUROC", "validation AUROC",
+                         "selectivity"], rows))
+    controls = [[label, st.ci(f"{pre}accuracy"), st.ci(f"{pre}balanced_accuracy"),
+                 st.ci(f"{pre}auroc")]
+                for label, pre in (("bag-of-words (prompt text)", "control/bow_"),
+                                   ("mean input embedding", "control/embedding_"),
+                                   (f"probe at the chosen layer {best}", "best/"))]
     blocks.append(Block("table", "the probe beside its controls (test part)",
-                        ["classifier", "accuracy", "AUROC"], controls))
+                        ["classifier", "accuracy", "balanced accuracy", "AUROC"], controls))
     transfer = sorted({k.split("/")[1] for k in m if k.startswith("transfer/")})
     if transfer:
         rows = [[name, st.ci(f"transfer/{name}/auroc"), st.ci(f"transfer/{name}/control/bow_auroc"),

@@ -227,25 +227,18 @@ def ce_loss_recovered(
 
 
 def plot_latent_density(density: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """Histogram of log10 latent firing density (dead latents counted apart); writes a PNG."""
-    import matplotlib
+    """Histogram of log10 latent firing density ``[d_sae]`` (dead latents counted apart);
+    writes a PNG."""
+    from probing.figures import agg_figure, save_png
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dens = density.double()
     alive = dens[dens > 0]
     n_dead = int((dens == 0).sum().item())
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = agg_figure(figsize=(5, 3.2))
     if alive.numel():
         ax.hist(torch.log10(alive).numpy(), bins=50, color="tab:blue")
     ax.set_xlabel("log10 firing density on held-out tokens")
     ax.set_ylabel("latents")
     ax.set_title(f"{title + ': ' if title else ''}{n_dead} of {dens.numel()} latents dead",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)

@@ -52,7 +52,6 @@ __all__ = [
     "LIREF_SAE_FILENAME",
     "SAETrainConfig",
     "checkpoint_run_dir",
-    "is_pretrained_release",
     "load_sae",
     "make_training_sae",
     "save_sae",
@@ -424,13 +423,6 @@ def save_sae(sae: Any, path: str | Path, info: dict[str, Any] | None = None) -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def is_pretrained_release(name: str) -> bool:
-    """Whether ``name`` is a release in sae-lens's pretrained directory (no network needed)."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    return name in get_pretrained_saes_directory()
 
 
 def _check_release(release: str, sae_id: str | None) -> str:

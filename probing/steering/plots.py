@@ -1,23 +1,16 @@
-"""Steering sweep figures (matplotlib, Agg) and tables: a value (accuracy, a rate, a margin)
-against strength with its 95% interval band, one panel per item set, the LiReF beside its
+"""Steering sweep figures (matplotlib, own Agg canvas) and tables: a value (accuracy, a rate, a
+margin) against strength with its 95% interval band, one panel per item set, the LiReF beside its
 controls (negated, orthogonalised, random directions / random latents) and the unsteered run."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from probing.figures import agg_figure, save_png
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from probing.io import atomic_write_text  # noqa: E402
-
-__all__ = ["plot_sweep", "sweep_panels", "write_csv"]
+__all__ = ["plot_sweep", "sweep_panels"]
 
 _STYLE = {
     "direction": {"color": "tab:red", "lw": 2.0, "label": "+LiReF"},
@@ -27,20 +20,6 @@ _STYLE = {
     "random": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random (same norm)"},
     "random_latent": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random latent"},
 }
-
-
-def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """All rows, columns = the union of their keys in first-seen order."""
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-    atomic_write_text(path, buf.getvalue())
-    return Path(path)
 
 
 def sweep_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int, int | None]]:
@@ -117,8 +96,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
     if not grid:
         return None
     n_cols = max(len(ss) for _, ss in grid)
-    fig, axes = plt.subplots(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
-                             squeeze=False)
+    fig, axes = agg_figure(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
+                           squeeze=False)
     for i, (value, ss) in enumerate(grid):
         for j in range(n_cols):
             if j < len(ss):
@@ -129,7 +108,4 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
     axes[0][len(grid[0][1]) - 1].legend(fontsize=7, loc="best")
     where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
     fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=100)

@@ -229,6 +229,7 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
     (latent interventions, the ``orthogonal`` control); ``sae_dir``: the SAE of the matched
     latents (``None`` = the one the matching run names)."""
     from probing.evaluation.paired import add_q_values
+    from probing.io import write_csv
     from probing.model.loading import organism_checkpoint
     from probing.questions.prompts import prompt_template
     from probing.steering.controls import mean_residual_norm
@@ -239,7 +240,6 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
         item_flips,
         sweep_rows,
     )
-    from probing.steering.plots import write_csv
     from probing.steering.sources import load_match_run, load_probe_run
     from probing.steering.sweep import SweepSpec, build_settings
 
