@@ -263,15 +263,14 @@ def test_findings_come_first_link_to_their_sections_and_show_the_metrics(tmp_pat
     page, md = parse(run)
     check_findings(page, run)
     got = lines(page)
-    assert list(got) == ["Probe", "Transfer", "SAE", "Best-matched latent", "Sparse readout",
+    assert list(got) == ["Probe", "Transfer to matched", "SAE", "Best-matched latent", "Sparse readout",
                          "+LiReF on exceptions", "-LiReF on near-exceptions"]
     assert ("layer 2 (chosen on validation), test AUROC 0.962 [0.931, 0.985] vs 0.921 "
             "[0.880, 0.950] for the strongest control (bag-of-words); selectivity (minus "
             "bag-of-words) +0.041") in got["Probe"]
-    assert "`matched`" not in got["Transfer"]  # code spans rendered, not shown raw
-    assert ("matched (exception vs ordinary): AUROC 0.512 [0.440, 0.580] vs 0.497 [0.420, "
-            "0.570] for the strongest control (embedding probe); selectivity +0.039"
-            ) in got["Transfer"]
+    assert ("exception vs ordinary, the probe unchanged: AUROC 0.512 [0.440, 0.580] vs 0.497 "
+            "[0.420, 0.570] for the strongest control (embedding probe); selectivity +0.039"
+            ) in got["Transfer to matched"]
     assert "layer 2, 512 latents, L0 12.5: CE loss recovered 0.953" in got["SAE"]
     assert ("latent 17 (largest |decoder cosine|): cosine 0.444 vs the nulls' 95% max |cosine|: "
             "0.401 for label-permuted directions (family-wise p 0.021) and 0.233 for random "
@@ -298,14 +297,15 @@ def test_findings_come_first_link_to_their_sections_and_show_the_metrics(tmp_pat
     for line in md_lines:
         target = re.match(r"- \[\*\*.+?\*\*\]\(#([^)]+)\)", line)
         assert target and target.group(1) in slugs, line
-    assert "0.962 [0.931, 0.985]" in md_lines[0]
+    assert "test AUROC **0.962** [0.931, 0.985]" in md_lines[0]  # the headline figure bold
 
 
 def test_a_missing_stage_or_set_drops_its_lines(tmp_path):
     run = write_run(tmp_path / "a", stages=("probe", "match"))
     page, _ = parse(run)
     check_findings(page, run)
-    assert list(lines(page)) == ["Probe", "Transfer", "Best-matched latent", "Sparse readout"]
+    assert list(lines(page)) == ["Probe", "Transfer to matched", "Best-matched latent",
+                                 "Sparse readout"]
 
     run = write_run(tmp_path / "b", stages=("steer",), results=False)
     page, md = parse(run)
@@ -326,7 +326,7 @@ def test_a_real_model_gets_one_line_per_steered_set(tmp_path):
     page, _ = parse(run)
     check_findings(page, run)
     got = lines(page)
-    assert list(got) == ["Probe", "Transfer", "+LiReF on gsm8k", "+LiReF on popqa"]
+    assert list(got) == ["Probe", "Transfer to matched", "+LiReF on gsm8k", "+LiReF on popqa"]
     assert ("gold-answer log-prob change (add, strength 2 at layer 5) +0.250 [+0.050, +0.450] "
             "vs -1.750 for random directions of the same norm and -0.750 for -LiReF; ablating "
             "it -1.900 vs -0.100 for random ablations") in got["+LiReF on gsm8k"]

@@ -27,11 +27,13 @@ LONG_TABLE = 20
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell: ``text`` as shown; ``key``/``value`` when it shows a recorded number."""
+    """A table cell: ``text`` as shown; ``key``/``value`` when it shows a recorded number;
+    ``strong``: shown in bold (a finding's headline figure)."""
 
     text: str
     key: str | None = None
     value: float | None = None
+    strong: bool = False
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -116,6 +118,10 @@ def _md_table(b: Block) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>\n\n{table}\n\n</details>"
 
 
+def _md_part(c: Cell) -> str:
+    return f"**{c.text}**" if c.strong else c.text
+
+
 def render_markdown(blocks: list[Block], base: Path) -> str:
     """Markdown with images linked relative to ``base`` (the folder the .md is written to)."""
     out: list[str] = []
@@ -134,7 +140,7 @@ def render_markdown(blocks: list[Block], base: Path) -> str:
             out.append(_md_table(b))
         elif b.kind == "findings":
             out.append(f"## {b.text}\n\n" + "\n".join(f"- [**{f.label}**](#{f.anchor}): "
-                                 + "".join(_cell(c).text for c in f.parts)
+                                 + "".join(_md_part(_cell(c)) for c in f.parts)
                                  for f in b.findings))
     return "\n\n".join(out) + "\n"
 
@@ -156,7 +162,7 @@ def _source(c: Cell) -> str:
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1040px;margin:1.5em auto;padding:0 1em;
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:.3em 0 .8em}td,th{border:1px solid
 #ccc;padding:3px 8px;font-size:13px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
-td:first-child{text-align:left}.scroll{overflow-x:auto;max-width:100%;margin-bottom:.7em}
+td:first-child,th:first-child{text-align:left}.scroll{overflow-x:auto;max-width:100%;margin-bottom:.7em}
 figure{margin:.8em 0 1.5em}img{max-width:100%;height:auto;border:1px solid #eee}img.wide{width:100%}
 figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:8px;overflow-x:auto;
 font-size:12px}caption{text-align:left;font-size:13px;color:#444;padding-bottom:4px;
@@ -180,11 +186,18 @@ def _html_table(b: Block) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{table}</details>"
 
 
+def _html_part(c: Cell) -> str:
+    """A finding's piece: a sourced number as a ``<span data-key>``, text with its inline
+    markup; bold when ``strong``."""
+    text = f"<span{_source(c)}>{html.escape(c.text)}</span>" if c.key is not None \
+        else _inline(c.text)
+    return f"<b>{text}</b>" if c.strong else text
+
+
 def _html_findings(b: Block) -> str:
     items = []
     for f in b.findings:
-        text = "".join(f"<span{_source(c)}>{html.escape(c.text)}</span>" if c.key is not None
-                       else _inline(c.text) for c in map(_cell, f.parts))
+        text = "".join(_html_part(c) for c in map(_cell, f.parts))
         items.append(f'<li><a href="#{html.escape(f.anchor)}"><b>{html.escape(f.label)}</b></a>: '
                      f"{text}</li>")
     return (f'<section class="findings" id="{html.escape(b.id)}"><h2>{html.escape(b.text)}</h2>'

@@ -51,16 +51,18 @@ class StageLike(Protocol):
 Parts = list[Cell | str]
 
 
-def _num(st: StageLike, key: str, signed: bool = False, digits: int = 3) -> Cell:
+def _num(st: StageLike, key: str, signed: bool = False, digits: int = 3,
+         strong: bool = False) -> Cell:
+    """The number ``key`` of the stage's metrics, with its source (bold when ``strong``)."""
     value = st.metrics[key]
     text = f"{value:+.{digits}f}" if signed and isinstance(value, float) else fmt(value, digits)
-    return Cell(text, f"{st.name}:{key}", value)
+    return Cell(text, f"{st.name}:{key}", value, strong)
 
 
-def _ci(st: StageLike, key: str, signed: bool = False) -> Parts:
+def _ci(st: StageLike, key: str, signed: bool = False, strong: bool = False) -> Parts:
     """``value [low, high]`` of ``key`` (each a sourced number); the value alone without an
     interval."""
-    parts: Parts = [_num(st, key, signed)]
+    parts: Parts = [_num(st, key, signed, strong=strong)]
     if f"{key}_ci_low" in st.metrics and f"{key}_ci_high" in st.metrics:
         parts += [" [", _num(st, f"{key}_ci_low", signed), ", ",
                   _num(st, f"{key}_ci_high", signed), "]"]
@@ -74,7 +76,7 @@ def _probe(st: StageLike) -> Finding | None:
     parts: Parts = []
     if "best_layer" in m:
         parts += ["layer ", _num(st, "best_layer"), " (chosen on validation), "]
-    parts += ["test AUROC ", *_ci(st, "best/auroc")]
+    parts += ["test AUROC ", *_ci(st, "best/auroc", strong=True)]
     parts += _strongest_control(st, "control/")
     if "best/selectivity" in m:
         parts += ["; selectivity (minus bag-of-words) ", _num(st, "best/selectivity", True)]
@@ -105,12 +107,13 @@ def _transfer(st: StageLike) -> list[Finding]:
     out = []
     for name in names[:MAX_PER_KIND]:
         pre = f"transfer/{name}/"
-        what = f" ({' vs '.join(kinds[name])})" if name in kinds else ""
-        parts: Parts = [f"the probe unchanged on `{name}`{what}: AUROC ", *_ci(st, pre + "auroc"),
+        what = f"{' vs '.join(kinds[name])}, " if name in kinds else ""
+        parts: Parts = [f"{what}the probe unchanged: AUROC ",
+                        *_ci(st, pre + "auroc", strong=True),
                         *_strongest_control(st, pre + "control/")]
         if pre + "selectivity" in m:
             parts += ["; selectivity ", _num(st, pre + "selectivity", True)]
-        out.append(Finding(anchor("transfer"), f"Transfer: {name}", parts))
+        out.append(Finding(anchor("transfer"), f"Transfer to {name}", parts))
     return out
 
 
@@ -129,7 +132,7 @@ def _sae(st: StageLike) -> Finding | None:
     if parts:
         parts.append(": ")
     for i, (key, text) in enumerate(named):
-        parts += [", " if i else "", text, _num(st, key)]
+        parts += [", " if i else "", text, _num(st, key, strong=i == 0)]
         if key == "ce_loss_recovered":
             parts.append(" (1 = the clean model, 0 = the layer zero-ablated)")
     return Finding(anchor("sae"), "SAE", parts)
@@ -142,7 +145,7 @@ def _best_latent(st: StageLike) -> Finding | None:
     parts: Parts = []
     if "top1_latent" in m:
         parts += ["latent ", _num(st, "top1_latent"), " (largest |decoder cosine|): "]
-    parts += ["cosine ", _num(st, "top1_cosine")]
+    parts += ["cosine ", _num(st, "top1_cosine", strong=True)]
     nulls = [(k, p, what) for k, p, what in (
         ("null_max_abs_cosine_permutation_95", "top1_p", "label-permuted directions"),
         ("null_max_abs_cosine_random_95", "top1_p_random", "random directions")) if k in m]
@@ -169,7 +172,7 @@ def _sparse_readout(st: StageLike) -> Finding | None:
         return None
     parts: Parts = ["held-out AUROC of probes on " + " / ".join(map(str, latents))
                     + " SAE latents "]
-    parts += _joined(st, [f"sparse_latents_auroc_k{k}" for k in latents])
+    parts += _joined(st, [f"sparse_latents_auroc_k{k}" for k in latents], strong=True)
     if neurons:
         parts += [" vs on " + " / ".join(map(str, neurons)) + " neurons "]
         parts += _joined(st, [f"sparse_neurons_auroc_k{k}" for k in neurons])
@@ -179,10 +182,10 @@ def _sparse_readout(st: StageLike) -> Finding | None:
     return Finding(anchor("match"), "Sparse readout", parts)
 
 
-def _joined(st: StageLike, keys: Sequence[str]) -> Parts:
+def _joined(st: StageLike, keys: Sequence[str], strong: bool = False) -> Parts:
     parts: Parts = []
     for i, key in enumerate(keys):
-        parts += [" / " if i else "", _num(st, key)]
+        parts += [" / " if i else "", _num(st, key, strong=strong)]
     return parts
 
 
@@ -248,7 +251,8 @@ def _ground_truth(st: StageLike, steer: _Steering) -> list[Finding]:
             now = steer.steered(set_, metric, cond, rate)
             if len(now) == 1:
                 parts += [" \u2192 ", Cell(fmt(now[0]))]
-        parts += [steer.where(), ", change ", *_ci(st, pre + f"add/{cond}/{rate}_diff", True)]
+        parts += [steer.where(), ", change ",
+                  *_ci(st, pre + f"add/{cond}/{rate}_diff", True, strong=True)]
         if pre + f"add/random/{rate}_diff" in st.metrics:
             parts += [" vs ", _num(st, pre + f"add/random/{rate}_diff", True),
                       " for random directions of the same norm"]
@@ -278,8 +282,8 @@ def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
         stat, what = (("logp_gold_diff", "gold-answer log-prob")
                       if pre + "add/direction/logp_gold_diff" in st.metrics
                       else ("diff", "accuracy"))
-        parts: Parts = [f"{what} change{steer.where()} ", *_ci(st, pre + f"add/direction/{stat}",
-                                                                True)]
+        parts: Parts = [f"{what} change{steer.where()} ",
+                        *_ci(st, pre + f"add/direction/{stat}", True, strong=True)]
         for key, text in ((f"add/random/{stat}", " for random directions of the same norm"),
                           (f"add/negated/{stat}", " for -LiReF")):
             if pre + key in st.metrics:
