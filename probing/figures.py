@@ -13,13 +13,13 @@ from matplotlib.figure import Figure
 
 
 def agg_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.8),
-               squeeze: bool = True) -> tuple[Figure, Any]:
+               squeeze: bool = True, layout: str | None = None) -> tuple[Figure, Any]:
     """A new figure on its own Agg canvas (no pyplot, no global backend) and its axes
     (``fig.subplots(nrows, ncols, squeeze=squeeze)``: one ``Axes`` or an ``[nrows, ncols]``
-    array)."""
+    array); ``layout``: matplotlib's layout engine (e.g. ``"constrained"``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 

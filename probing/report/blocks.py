@@ -1,8 +1,11 @@
 """A report as a list of blocks, rendered to Markdown (images linked) and to one self-contained
 HTML page (images embedded as base64 data URIs).
 
-Numbers in tables are ``Cell`` objects that remember where they came from (``key``: e.g.
-``"probe:best/auroc"``), so the HTML can be checked against the stages' ``metrics.json``.
+Numbers in tables and findings are ``Cell`` objects that remember where they came from (``key``:
+e.g. ``"probe:best/auroc"``), so the HTML can be checked against the stages' ``metrics.json``.
+Headings carry an anchor (GitHub's slug of their text, the same in both renderings), tables with
+more than ``LONG_TABLE`` rows are collapsed into ``<details>``, every table scrolls inside its
+own box when it is wider than the page.
 """
 
 from __future__ import annotations
@@ -10,20 +13,27 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Block", "Cell", "fmt", "render_html", "render_markdown"]
+__all__ = ["LONG_TABLE", "Block", "Cell", "Finding", "fmt", "render_html", "render_markdown",
+           "slug"]
+
+#: tables with more rows than this are collapsed (``<details>``) unless told otherwise
+LONG_TABLE = 20
 
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell: ``text`` as shown; ``key``/``value`` when it shows a recorded number."""
+    """A table cell: ``text`` as shown; ``key``/``value`` when it shows a recorded number;
+    ``strong``: shown in bold (a finding's headline figure)."""
 
     text: str
     key: str | None = None
     value: float | None = None
+    strong: bool = False
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -40,13 +50,31 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def slug(text: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces -> ``-``."""
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the Findings block: ``label`` links to ``#anchor``; ``parts`` are text and
+    numbers (``Cell``) in reading order."""
+
+    anchor: str
+    label: str
+    parts: list[Cell | str]
+
+
 @dataclass
 class Block:
     """One piece of a report.
 
-    ``kind``: ``h1``/``h2``/``h3`` (``text``), ``p`` (``text``, may hold ``**bold**`` and
-    ``code``), ``table`` (``header`` + ``rows`` of ``Cell`` or strings, ``caption``),
-    ``img`` (``path``, ``text`` = caption), ``pre`` (``text``).
+    ``kind``: ``h1``/``h2``/``h3`` (``text``; ``anchor``, default ``slug(text)``), ``p``
+    (``text``, may hold ``**bold**`` and ``code``), ``table`` (``header`` + ``rows`` of ``Cell``
+    or strings, ``text`` = caption; ``summary``: collapse it under this line, default: collapsed
+    when longer than ``LONG_TABLE`` rows), ``img`` (``path``, ``text`` = caption; ``data``: PNG
+    bytes to embed instead of the file's; ``wide``: as wide as the page), ``pre`` (``text``),
+    ``findings`` (``findings``).
     """
 
     kind: str
@@ -54,10 +82,44 @@ class Block:
     header: list[str] = field(default_factory=list)
     rows: list[list[Cell | str]] = field(default_factory=list)
     path: Path | None = None
+    anchor: str | None = None
+    summary: str | None = None
+    data: bytes | None = None
+    wide: bool = False
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """The heading's anchor."""
+        return self.anchor or slug(self.text)
+
+    def collapsed(self) -> str | None:
+        """The summary line when this table is shown collapsed, else ``None``."""
+        if self.kind != "table":
+            return None
+        if self.summary is None and len(self.rows) > LONG_TABLE:
+            return f"{self.text or 'table'}: {len(self.rows)} rows"
+        return self.summary
 
 
 def _cell(c: Cell | str) -> Cell:
     return c if isinstance(c, Cell) else Cell(str(c))
+
+
+def _md_table(b: Block) -> str:
+    lines = ["| " + " | ".join(b.header) + " |", "|" + "|".join("---" for _ in b.header) + "|"]
+    lines += ["| " + " | ".join(_cell(c).text for c in row) + " |" for row in b.rows]
+    if b.text:
+        lines.insert(0, f"*{b.text}*\n")
+    table = "\n".join(lines)
+    summary = b.collapsed()
+    if summary is None:
+        return table
+    return f"<details><summary>{html.escape(summary)}</summary>\n\n{table}\n\n</details>"
+
+
+def _md_part(c: Cell) -> str:
+    return f"**{c.text}**" if c.strong else c.text
 
 
 def render_markdown(blocks: list[Block], base: Path) -> str:
@@ -75,30 +137,71 @@ def render_markdown(blocks: list[Block], base: Path) -> str:
                 b.path).resolve().is_relative_to(base.resolve()) else Path(b.path)
             out.append(f"![{b.text}]({rel.as_posix()})")
         elif b.kind == "table":
-            lines = ["| " + " | ".join(b.header) + " |",
-                     "|" + "|".join("---" for _ in b.header) + "|"]
-            lines += ["| " + " | ".join(_cell(c).text for c in row) + " |" for row in b.rows]
-            if b.text:
-                lines.insert(0, f"*{b.text}*\n")
-            out.append("\n".join(lines))
+            out.append(_md_table(b))
+        elif b.kind == "findings":
+            out.append(f"## {b.text}\n\n" + "\n".join(f"- [**{f.label}**](#{f.anchor}): "
+                                 + "".join(_md_part(_cell(c)) for c in f.parts)
+                                 for f in b.findings))
     return "\n\n".join(out) + "\n"
 
 
 def _inline(text: str) -> str:
     """Escape, then ``**bold**`` and ``code`` spans."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
-color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;
-padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:
-left}img{max-width:100%;border:1px solid #eee}figcaption{font-size:12px;color:#555}
-pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}caption{text-align:left;
-font-size:13px;color:#444;padding-bottom:4px}"""
+def _source(c: Cell) -> str:
+    """``data-key``/``data-value`` attributes of a recorded number ('' for plain text)."""
+    if c.key is None:
+        return ""
+    return f' data-key="{html.escape(c.key)}" data-value="{html.escape(repr(c.value))}"'
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1040px;margin:1.5em auto;padding:0 1em;
+color:#222;line-height:1.45}table{border-collapse:collapse;margin:.3em 0 .8em}td,th{border:1px solid
+#ccc;padding:3px 8px;font-size:13px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}.scroll{overflow-x:auto;max-width:100%;margin-bottom:.7em}
+figure{margin:.8em 0 1.5em}img{max-width:100%;height:auto;border:1px solid #eee}img.wide{width:100%}
+figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:8px;overflow-x:auto;
+font-size:12px}caption{text-align:left;font-size:13px;color:#444;padding-bottom:4px;
+white-space:normal}details{margin:.3em 0 .8em}summary{cursor:pointer;font-size:14px;color:#124}
+section.findings{background:#f5f8fc;border-left:4px solid #3a6ea5;padding:.2em 1.2em .6em;
+margin:0 0 1.5em}section.findings h2{margin:.5em 0 .3em}section.findings ul{margin:0;
+padding-left:1.1em}section.findings li{margin:.3em 0;font-size:15px}section.findings a{
+text-decoration:none;color:#124}h2,h3{scroll-margin-top:.5em}"""
+
+
+def _html_table(b: Block) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+    rows = ["<tr>" + "".join(f"<td{_source(c)}>{_inline(c.text)}</td>" for c in map(_cell, row))
+            + "</tr>" for row in b.rows]
+    caption = f"<caption>{html.escape(b.text)}</caption>" if b.text else ""
+    table = (f'<div class="scroll" style="overflow-x:auto"><table>{caption}<thead><tr>{head}'
+             f"</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+    summary = b.collapsed()
+    if summary is None:
+        return table
+    return f"<details><summary>{html.escape(summary)}</summary>{table}</details>"
+
+
+def _html_part(c: Cell) -> str:
+    """A finding's piece: a sourced number as a ``<span data-key>``, text with its inline
+    markup; bold when ``strong``."""
+    text = f"<span{_source(c)}>{html.escape(c.text)}</span>" if c.key is not None \
+        else _inline(c.text)
+    return f"<b>{text}</b>" if c.strong else text
+
+
+def _html_findings(b: Block) -> str:
+    items = []
+    for f in b.findings:
+        text = "".join(_html_part(c) for c in map(_cell, f.parts))
+        items.append(f'<li><a href="#{html.escape(f.anchor)}"><b>{html.escape(f.label)}</b></a>: '
+                     f"{text}</li>")
+    return (f'<section class="findings" id="{html.escape(b.id)}"><h2>{html.escape(b.text)}</h2>'
+            "<ul>" + "".join(items) + "</ul></section>")
 
 
 def render_html(blocks: list[Block], title: str) -> str:
@@ -106,31 +209,22 @@ def render_html(blocks: list[Block], title: str) -> str:
     body: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
-            body.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+            body.append(f'<{b.kind} id="{html.escape(b.id)}">{html.escape(b.text)}</{b.kind}>')
         elif b.kind == "p":
             body.append(f"<p>{_inline(b.text)}</p>")
         elif b.kind == "pre":
             body.append(f"<pre>{html.escape(b.text)}</pre>")
-        elif b.kind == "img" and b.path is not None:
-            data = base64.b64encode(Path(b.path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(b.text)}" '
+        elif b.kind == "img" and (b.data is not None or b.path is not None):
+            png = b.data if b.data is not None else Path(b.path).read_bytes()  # type: ignore[arg-type]
+            data = base64.b64encode(png).decode("ascii")
+            wide = ' class="wide"' if b.wide else ""
+            body.append(f'<figure><img{wide} alt="{html.escape(b.text)}" '
                         f'src="data:image/png;base64,{data}"><figcaption>'
                         f"{html.escape(b.text)}</figcaption></figure>")
         elif b.kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-            rows = []
-            for row in b.rows:
-                cells = []
-                for c in map(_cell, row):
-                    attrs = ""
-                    if c.key is not None:
-                        attrs = (f' data-key="{html.escape(c.key)}" '
-                                 f'data-value="{html.escape(repr(c.value))}"')
-                    cells.append(f"<td{attrs}>{_inline(c.text)}</td>")
-                rows.append("<tr>" + "".join(cells) + "</tr>")
-            caption = f"<caption>{html.escape(b.text)}</caption>" if b.text else ""
-            body.append(f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>"
-                        + "".join(rows) + "</tbody></table>")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-            f"</title><style>{_STYLE}</style></head><body>\n" + "\n".join(body)
-            + "\n</body></html>\n")
+            body.append(_html_table(b))
+        elif b.kind == "findings":
+            body.append(_html_findings(b))
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+            f"content=\"width=device-width\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

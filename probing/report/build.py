@@ -3,8 +3,10 @@
 A pipeline run folder holds one sub-folder per stage (``probe/``, ``sae/``, ``match/``,
 ``steer/``), each with its ``metrics.json`` and plots, plus ``environment.json`` (software
 versions, machine) and Hydra's ``.hydra/overrides.yaml`` (the command). A stage that did not run
-is left out of the report. Every number shown in a table carries its source
-(``<stage>:<metrics key>``) in the HTML, so the report can be checked against the stages.
+is left out of the report. The report opens with **Findings** (``probing.report.findings``):
+the headline figures beside their controls, each linking to its section. Every number shown in a
+table or a finding carries its source (``<stage>:<metrics key>``) in the HTML, so the report can
+be checked against the stages.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from probing.errors import LirefError
 from probing.io import atomic_write_text, read_json, write_json
 from probing.report.blocks import Block, Cell, fmt, render_html, render_markdown
+from probing.report.findings import HEADINGS, findings
 
 __all__ = ["STAGE_FOLDERS", "build_report", "environment_info", "write_environment"]
 
@@ -107,7 +110,7 @@ def _questions_section(st: _Stage) -> list[Block]:
     rows = [[r["set"], r["source"], r.get("kind") or "-", r["label"], str(r["n"])]
             for r in summary["rows"]]
     positive, negative = summary.get("classes") or ("reasoning", "memory")
-    return [Block("h2", "Question sets"),
+    return [Block("h2", HEADINGS["questions"]),
             Block("p", f"{summary['n']} probed questions in {summary.get('n_groups', '?')} "
                        "groups (paraphrases, duplicates and one fact or computation share a "
                        "group; no group is on two sides of a split). Labels: 1 = "
@@ -119,7 +122,7 @@ def _probe_section(st: _Stage) -> list[Block]:
     m = st.metrics
     per_layer = st.json("per_layer.json") or []
     best = m.get("best_layer")
-    blocks = [Block("h2", "Probes and the reasoning direction per layer"),
+    blocks = [Block("h2", HEADINGS["probe"]),
               Block("p", "Every probe is fitted on the training part, where its decision "
                          "threshold is chosen too (the best balanced accuracy); the layer is "
                          "chosen on the validation part; every figure is on the held-out test "
@@ -150,6 +153,7 @@ def _probe_section(st: _Stage) -> list[Block]:
         rows = [[name, st.ci(f"transfer/{name}/auroc"), st.ci(f"transfer/{name}/control/bow_auroc"),
                  st.ci(f"transfer/{name}/control/embedding_auroc"),
                  st.cell(f"transfer/{name}/selectivity")] for name in transfer]
+        blocks.append(Block("h3", HEADINGS["transfer"]))
         blocks.append(Block("table", "transfer: fitted on the probe set, scored on another",
                             ["target", "probe AUROC", "bag-of-words AUROC", "embedding AUROC",
                              "selectivity"], rows))
@@ -161,7 +165,7 @@ def _probe_section(st: _Stage) -> list[Block]:
 def _sae_section(st: _Stage) -> list[Block]:
     keys = [k for k in ("layer", "d_sae", "l0", "explained_variance", "mse", "dead_fraction",
                         "ce_loss_recovered", "ce_loss_recovered_answer_tokens") if k in st.metrics]
-    blocks = [Block("h2", "Sparse autoencoder"),
+    blocks = [Block("h2", HEADINGS["sae"]),
               Block("p", "Metrics on held-out documents (none of them in the training part), "
                          "under sae-lens's definitions.")]
     blocks.append(Block("table", header=["metric", "value"],
@@ -203,7 +207,7 @@ def _headline(st: _Stage, keys: Sequence[str] | None = None) -> Block:
 
 def _match_section(st: _Stage, top: int = 10) -> list[Block]:
     latents = st.json("latents.json") or []
-    blocks = [Block("h2", "SAE latents matched to the reasoning direction"),
+    blocks = [Block("h2", HEADINGS["match"]),
               Block("p", "Decoder cosines are tested against random-direction and label-permuted "
                          "nulls (BH-corrected); the token-injection control says whether a "
                          "latent's response is carried by surface tokens.")]
@@ -235,7 +239,7 @@ def _steer_section(st: _Stage) -> list[Block]:
     m = st.metrics
     heads = {k.split("/")[1]: v for k, v in m.items()
              if k.startswith("headline/") and k.endswith("/strength")}
-    blocks = [Block("h2", "Steering with the direction and with single latents"),
+    blocks = [Block("h2", HEADINGS["steer"]),
               Block("p", "Each setting is compared with the unsteered run on the same items "
                          "(difference with a paired bootstrap 95% interval, exact McNemar p). "
                          "Controls: random directions of the same norm (mean over seeds), the "
@@ -243,35 +247,89 @@ def _steer_section(st: _Stage) -> list[Block]:
                          "latents, random latents of similar firing density. Strengths shown: "
                          + (", ".join(f"{k} {v:g}" for k, v in sorted(heads.items()))
                             or "n/a") + " (fixed in the config before the run).")]
-    effects = _steer_effects(m)
+    blocks += _ground_truth_blocks(st)
     base = sorted({(k.split("/")[0], k.split("/")[1]) for k in m
                    if k.count("/") == 3 and k.split("/")[2] == "unsteered"})
     if base:
         blocks.append(Block("table", "unsteered runs", ["set", "metric", "accuracy"],
                             [[s_, met, st.cell(f"{s_}/{met}/unsteered/accuracy")]
                              for s_, met in base]))
-    groups = sorted({(k[0], k[1], k[2]) for k in effects})
-    extra = sorted({stat for stats in effects.values() for stat in stats
-                    if stat.endswith("_diff") and stat.startswith(("rate_", "margin",
-                                                                   "logp_gold"))})
-    rows = []
-    for set_, metric, intervention in groups:
-        conds = sorted({k[3] for k in effects if k[:3] == (set_, metric, intervention)},
-                       key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER
-                                      else len(CONDITION_ORDER), c))
-        for cond in conds:
-            pre = f"{set_}/{metric}/{intervention}/{cond}/"
-            rows.append([set_, intervention, cond, st.ci(pre + "diff"), st.cell(pre + "p_value"),
-                         *[st.cell(pre + stat) for stat in extra]])
-    if rows:
+    blocks += _paired_blocks(st)
+    blocks += _steer_images(st)
+    return blocks
+
+
+def _paired_blocks(st: _Stage) -> list[Block]:
+    """The paired effects at the headline strength, one collapsed table per (set, metric)
+    whose summary line gives +LiReF's accuracy difference beside the random directions'."""
+    m = st.metrics
+    effects = _steer_effects(m)
+    blocks: list[Block] = []
+    for set_, metric in sorted({k[:2] for k in effects}):
+        mine = {k: v for k, v in effects.items() if k[:2] == (set_, metric)}
+        extra = sorted({stat for stats in mine.values() for stat in stats
+                        if stat.endswith("_diff") and stat.startswith(("rate_", "margin",
+                                                                       "logp_gold"))})
+        rows = []
+        for intervention in sorted({k[2] for k in mine}):
+            conds = sorted({k[3] for k in mine if k[2] == intervention},
+                           key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER
+                                          else len(CONDITION_ORDER), c))
+            for cond in conds:
+                pre = f"{set_}/{metric}/{intervention}/{cond}/"
+                rows.append([intervention, cond, st.ci(pre + "diff"), st.cell(pre + "p_value"),
+                             *[st.cell(pre + stat) for stat in extra]])
+        summary = (f"{set_} ({metric.replace('_', '-')}): {len(rows)} settings "
+                   f"({', '.join(sorted({k[2] for k in mine}))})")
+        head = f"{set_}/{metric}/add/direction/diff"
+        if head in m:
+            summary += f"; +LiReF accuracy diff {st.ci(head).text}"
+            if f"{set_}/{metric}/add/random/diff" in m:
+                summary += f" vs random {fmt(m[f'{set_}/{metric}/add/random/diff'])}"
         blocks.append(Block("table", "paired effects at the headline strength (accuracy "
                                      "difference to the unsteered run)",
-                            ["set", "intervention", "condition", "accuracy diff [95% CI]",
-                             "McNemar p", *extra], rows))
-    blocks += _ground_truth_blocks(st)
-    for img in st.images():
-        blocks.append(Block("img", _caption(img.name), path=img))
+                            ["intervention", "condition", "accuracy diff [95% CI]", "McNemar p",
+                             *extra], rows, summary=summary))
+    if blocks:
+        blocks.insert(0, Block("h3", HEADINGS["paired"]))
+        blocks.insert(1, Block("p", "Every setting beside the unsteered run on the same items, "
+                                    "one table per set (click a line to open it)."))
     return blocks
+
+
+def _steer_images(st: _Stage) -> list[Block]:
+    """The sweep figures (the headline ``add`` first), each as wide as the page. A figure drawn
+    in an older layout (one column per set: thumbnails at page width) is drawn again from
+    ``results.json`` for the HTML page; report.md links the stage's own files."""
+    from probing.steering.plots import SWEEP_LAYOUT
+
+    images = sorted(st.images(), key=lambda p: ("_add_L" not in p.name, p.name))
+    rows = None
+    blocks = []
+    for img in images:
+        data = None
+        if img.name.startswith("steer_") and SWEEP_LAYOUT.encode() not in img.read_bytes():
+            rows = st.json("results.json") if rows is None else rows
+            data = _redraw_sweep(img.name, rows) if isinstance(rows, list) else None
+        blocks.append(Block("img", _caption(img.name), path=img, data=data, wide=True))
+    return blocks
+
+
+def _redraw_sweep(name: str, rows: list[dict[str, Any]]) -> bytes | None:
+    """The PNG of the sweep figure ``steer_<metric>_<intervention>_L<layer>[_rank<r>].png``
+    drawn from the steering rows, or ``None`` when no panel matches the name."""
+    import io
+
+    from probing.steering.plots import plot_sweep, sweep_panels, sweep_values
+
+    for metric, intervention, layer, rank in sweep_panels(rows):
+        tag = f"{metric}_{intervention}_L{layer}" + (f"_rank{rank}" if rank is not None else "")
+        if name == f"steer_{tag}.png":
+            buf = io.BytesIO()
+            if plot_sweep(rows, buf, metric, intervention, layer, rank,
+                          sweep_values(rows)) is not None:
+                return buf.getvalue()
+    return None
 
 
 #: (set, rate) pairs with a known right direction on the organism: steering towards reasoning
@@ -295,7 +353,7 @@ def _ground_truth_blocks(st: _Stage) -> list[Block]:
                        for cond in ("direction", "negated", "random")]])
     if not rows:
         return []
-    return [Block("h3", "Ground truth on the organism: exceptions and near-exceptions"),
+    return [Block("h3", HEADINGS["ground_truth"]),
             Block("p", "Exceptions are arithmetic problems whose trained answer breaks the rule; "
                        "near-exceptions are one operand away, so the exception's value is a "
                        "stale answer there. Adding the reasoning direction should move "
@@ -327,7 +385,7 @@ def _reproduce_section(run_dir: Path) -> list[Block]:
             job = {"pipeline": "analysis.pipeline", "probe": "train.probe", "sae": "train.sae",
                    "match": "analysis.match", "steer": "analysis.steer"}.get(name, job)
     command = " ".join(["python -m", job, *overrides])
-    blocks = [Block("h2", "Reproduce"),
+    blocks = [Block("h2", HEADINGS["reproduce"]),
               Block("pre", f"{command}\npython -m analysis.report run_dir={run_dir}")]
     env_path = run_dir / ENVIRONMENT_FILE
     env = read_json(env_path) if env_path.is_file() else None
@@ -351,8 +409,11 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     probe = stages.get("probe")
     model = (probe.json("directions/directions.json") or {}).get("model") if probe else None
     title = title or f"liref report: {model or run.name}"
-    blocks: list[Block] = [Block("h1", title),
-                           Block("p", f"Run folder `{run}`; stages: {', '.join(stages)}.")]
+    blocks: list[Block] = [Block("h1", title)]
+    lines = findings(stages)
+    if lines:
+        blocks.append(Block("findings", HEADINGS["findings"], findings=lines))
+    blocks.append(Block("p", f"Run folder `{run}`; stages: {', '.join(stages)}."))
     if probe:
         blocks += _questions_section(probe) + _probe_section(probe)
     if "sae" in stages:

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from probing.figures import agg_figure, save_png
+from probing.figures import agg_figure
 
-__all__ = ["plot_sweep", "sweep_panels"]
+#: PNG metadata (``Description``) of a sweep figure drawn in the current layout; the report
+#: draws older figures again from ``results.json``
+SWEEP_LAYOUT = "liref sweep grid v2: at most 3 panels a row"
+
+__all__ = ["SWEEP_LAYOUT", "plot_sweep", "sweep_figure", "sweep_panels", "sweep_values"]
 
 _STYLE = {
     "direction": {"color": "tab:red", "lw": 2.0, "label": "+LiReF"},
@@ -76,36 +80,62 @@ def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[
                                             for (c, s), _ in ordered], rotation=30, fontsize=7)
 
 
-def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str,
-               intervention: str, layer: int, rank: int | None = None,
-               values: Sequence[str] = ("accuracy",), title: str = "") -> Path | None:
-    """A grid: one row per value (accuracy, a rate, a margin), one column per set; each panel
-    shows the value against strength for every condition (95% intervals as bands; random
-    controls as thin grey lines) and the unsteered run as a dotted line with its band. For an
-    intervention without strengths (ablation), one point per condition. Panels without the
-    value are left out; returns ``None`` when nothing is left."""
+def sweep_values(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The values a sweep figure shows: accuracy, then every rate, margin and gold log-prob that
+    the rows carry with an interval."""
+    return ["accuracy", *sorted({k for r in rows for k in r
+                                 if (k.startswith("rate_") or k in ("margin", "logp_gold"))
+                                 and f"{k}_ci_low" in r and not k.endswith("_diff")})]
+
+
+def sweep_figure(rows: Sequence[Mapping[str, Any]], metric: str, intervention: str, layer: int,
+                 rank: int | None = None, values: Sequence[str] = ("accuracy",),
+                 title: str = "", max_cols: int = 3) -> Any | None:
+    """The figure of ``plot_sweep`` (a matplotlib ``Figure``; the caller closes it), or ``None``
+    when no panel is left."""
     sel = [r for r in rows if r["metric"] == metric]
     steered = [r for r in sel if r["intervention"] == intervention and r["layer"] == layer
                and r.get("rank") == rank]
     if not steered:
         return None
     sets = list(dict.fromkeys(r["set"] for r in sel))
-    grid = [(v, [s for s in sets if any(r["set"] == s and r.get(v) is not None
-                                        for r in steered)]) for v in values]
-    grid = [(v, ss) for v, ss in grid if ss]
-    if not grid:
+    panels = [(v, s) for v in values for s in sets
+              if any(r["set"] == s and r.get(v) is not None for r in steered)]
+    if not panels:
         return None
-    n_cols = max(len(ss) for _, ss in grid)
-    fig, axes = agg_figure(len(grid), n_cols, figsize=(3.4 * n_cols, 2.8 * len(grid)),
-                           squeeze=False)
-    for i, (value, ss) in enumerate(grid):
-        for j in range(n_cols):
-            if j < len(ss):
-                _panel(axes[i][j], sel, steered, ss[j], value,
-                       signed=intervention in ("add", "add_latent"))
-            else:
-                axes[i][j].axis("off")
-    axes[0][len(grid[0][1]) - 1].legend(fontsize=7, loc="best")
+    n_cols = min(max_cols, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = agg_figure(n_rows, n_cols, figsize=(3.4 * n_cols, 2.6 * n_rows + 0.6),
+                           squeeze=False, layout="constrained")
+    flat = [ax for row in axes for ax in row]
+    for ax, (value, set_name) in zip(flat, panels, strict=False):
+        _panel(ax, sel, steered, set_name, value, signed=intervention in ("add", "add_latent"))
+    for ax in flat[len(panels):]:
+        ax.axis("off")
+    legend: dict[str, Any] = {}
+    for ax in flat[:len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
     where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
-    fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=10)
-    return save_png(fig, path, dpi=100)
+    fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=11)
+    fig.legend(list(legend.values()), list(legend.keys()), loc="outside lower center",
+               ncol=min(len(legend), 6), fontsize=8, frameon=False)
+    return fig
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path | BinaryIO, metric: str,
+               intervention: str, layer: int, rank: int | None = None,
+               values: Sequence[str] = ("accuracy",), title: str = "",
+               max_cols: int = 3) -> Path | BinaryIO | None:
+    """A grid of panels, one per (value, set) with data (accuracy, a rate, a margin; values in
+    order, sets within each), at most ``max_cols`` per row so that each stays legible at page
+    width; each panel shows the value against strength for every condition (95% intervals as
+    bands; random controls as thin grey lines) and the unsteered run as a dotted line with its
+    band; one legend below the grid. For an intervention without strengths (ablation), one
+    point per condition. Written as PNG to ``path`` (a file or a binary stream); ``None`` when
+    no panel is left."""
+    fig = sweep_figure(rows, metric, intervention, layer, rank, values, title, max_cols)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=100, format="png", metadata={"Description": SWEEP_LAYOUT})
+    return path if not isinstance(path, str) else Path(path)

@@ -190,11 +190,9 @@ def _subset(evalset: Any, n: int, seed: int) -> Any:
 
 
 def _plots(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    from probing.steering.plots import plot_sweep, sweep_panels
+    from probing.steering.plots import plot_sweep, sweep_panels, sweep_values
 
-    values = ["accuracy", *sorted({k for r in rows for k in r
-                                   if (k.startswith("rate_") or k in ("margin", "logp_gold"))
-                                   and f"{k}_ci_low" in r and not k.endswith("_diff")})]
+    values = sweep_values(rows)
     plots = []
     for m, name, layer, rank in sweep_panels(rows):
         tag = f"{m}_{name}_L{layer}" + (f"_rank{rank}" if rank is not None else "")

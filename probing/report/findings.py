@@ -1,0 +1,315 @@
+"""The report's Findings block: at most ``MAX_FINDINGS`` lines, each a headline figure with its
+95% interval (where the stage records one) beside its control, linking to the section that
+holds its table.
+
+Every number is read from a stage's ``metrics.json`` (shown with its ``<stage>:<key>`` source)
+or from the steering stage's ``results.json`` (the absolute answer rates at the headline
+strength). A finding whose data is absent (a stage not run, a set not steered) is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from probing.report.blocks import Cell, Finding, fmt, slug
+
+__all__ = ["HEADINGS", "MAX_FINDINGS", "anchor", "findings"]
+
+#: the report's section headings (their slugs are the anchors the findings link to)
+HEADINGS = {
+    "findings": "Findings",
+    "questions": "Question sets",
+    "probe": "Probes and the reasoning direction per layer",
+    "transfer": "Transfer: the probe scored on other sets",
+    "sae": "Sparse autoencoder",
+    "match": "SAE latents matched to the reasoning direction",
+    "steer": "Steering with the direction and with single latents",
+    "ground_truth": "Ground truth on the organism: exceptions and near-exceptions",
+    "paired": "Paired effects per set",
+    "reproduce": "Reproduce",
+}
+MAX_FINDINGS = 12
+#: at most this many transfer targets and (real-model) steered sets get a line each
+MAX_PER_KIND = 3
+
+
+def anchor(section: str) -> str:
+    """The anchor of a section of ``HEADINGS``."""
+    return slug(HEADINGS[section])
+
+
+class StageLike(Protocol):
+    """What the findings read of a stage: its name, metrics and JSON files."""
+
+    name: str
+    metrics: dict[str, Any]
+
+    def json(self, file: str) -> Any: ...
+
+
+Parts = list[Cell | str]
+
+
+def _num(st: StageLike, key: str, signed: bool = False, digits: int = 3,
+         strong: bool = False) -> Cell:
+    """The number ``key`` of the stage's metrics, with its source (bold when ``strong``)."""
+    value = st.metrics[key]
+    text = f"{value:+.{digits}f}" if signed and isinstance(value, float) else fmt(value, digits)
+    return Cell(text, f"{st.name}:{key}", value, strong)
+
+
+def _ci(st: StageLike, key: str, signed: bool = False, strong: bool = False) -> Parts:
+    """``value [low, high]`` of ``key`` (each a sourced number); the value alone without an
+    interval."""
+    parts: Parts = [_num(st, key, signed, strong=strong)]
+    if f"{key}_ci_low" in st.metrics and f"{key}_ci_high" in st.metrics:
+        parts += [" [", _num(st, f"{key}_ci_low", signed), ", ",
+                  _num(st, f"{key}_ci_high", signed), "]"]
+    return parts
+
+
+def _probe(st: StageLike) -> Finding | None:
+    m = st.metrics
+    if "best/auroc" not in m:
+        return None
+    parts: Parts = []
+    if "best_layer" in m:
+        parts += ["layer ", _num(st, "best_layer"), " (chosen on validation), "]
+    parts += ["test AUROC ", *_ci(st, "best/auroc", strong=True)]
+    parts += _strongest_control(st, "control/")
+    if "best/selectivity" in m:
+        parts += ["; selectivity (minus bag-of-words) ", _num(st, "best/selectivity", True)]
+    return Finding(anchor("probe"), "Probe", parts)
+
+
+def _strongest_control(st: StageLike, prefix: str) -> Parts:
+    """`` vs <AUROC> [CI] for the strongest control (<name>)`` among bag-of-words and
+    embedding; empty when neither was recorded."""
+    controls = [(f"{prefix}{k}_auroc", name) for k, name in
+                (("bow", "bag-of-words"), ("embedding", "embedding probe"))
+                if f"{prefix}{k}_auroc" in st.metrics]
+    if not controls:
+        return []
+    key, name = max(controls, key=lambda c: st.metrics[c[0]])
+    return [" vs ", *_ci(st, key), f" for the strongest control ({name})"]
+
+
+def _transfer(st: StageLike) -> list[Finding]:
+    m = st.metrics
+    names = list(dict.fromkeys(k.split("/")[1] for k in m
+                               if k.startswith("transfer/") and k.endswith("/auroc")
+                               and k.count("/") == 2))
+    kinds: dict[str, list[str]] = {}
+    for row in (st.json("questions.json") or {}).get("rows", []):
+        if str(row.get("set", "")).startswith("transfer:") and row.get("kind"):
+            kinds.setdefault(row["set"].split(":", 1)[1], []).append(str(row["kind"]))
+    out = []
+    for name in names[:MAX_PER_KIND]:
+        pre = f"transfer/{name}/"
+        what = f"{' vs '.join(kinds[name])}, " if name in kinds else ""
+        parts: Parts = [f"{what}the probe unchanged: AUROC ",
+                        *_ci(st, pre + "auroc", strong=True),
+                        *_strongest_control(st, pre + "control/")]
+        if pre + "selectivity" in m:
+            parts += ["; selectivity ", _num(st, pre + "selectivity", True)]
+        out.append(Finding(anchor("transfer"), f"Transfer to {name}", parts))
+    return out
+
+
+def _sae(st: StageLike) -> Finding | None:
+    m = st.metrics
+    named = [(k, text) for k, text in (("ce_loss_recovered", "CE loss recovered "),
+                                       ("explained_variance", "explained variance "),
+                                       ("dead_fraction", "dead latents ")) if k in m]
+    if not any(k != "dead_fraction" for k, _ in named):
+        return None
+    parts: Parts = []
+    for key, before, after in (("layer", "layer ", ""), ("d_sae", "", " latents"),
+                               ("l0", "L0 ", "")):
+        if key in m:
+            parts += [", " if parts else "", before, _num(st, key, digits=1), after]
+    if parts:
+        parts.append(": ")
+    for i, (key, text) in enumerate(named):
+        parts += [", " if i else "", text, _num(st, key, strong=i == 0)]
+        if key == "ce_loss_recovered":
+            parts.append(" (1 = the clean model, 0 = the layer zero-ablated)")
+    return Finding(anchor("sae"), "SAE", parts)
+
+
+def _best_latent(st: StageLike) -> Finding | None:
+    m = st.metrics
+    if "top1_cosine" not in m:
+        return None
+    parts: Parts = []
+    if "top1_latent" in m:
+        parts += ["latent ", _num(st, "top1_latent"), " (largest |decoder cosine|): "]
+    parts += ["cosine ", _num(st, "top1_cosine", strong=True)]
+    nulls = [(k, p, what) for k, p, what in (
+        ("null_max_abs_cosine_permutation_95", "top1_p", "label-permuted directions"),
+        ("null_max_abs_cosine_random_95", "top1_p_random", "random directions")) if k in m]
+    for i, (key, p, what) in enumerate(nulls):
+        parts += [" vs the nulls' 95% max |cosine|: " if i == 0 else " and ", _num(st, key),
+                  f" for {what}"]
+        if p in m:
+            parts += [" (family-wise p " if i == 0 else " (p ", _num(st, p), ")"]
+    if "n_significant_q05" in m:
+        parts += ["; latents with q < 0.05 against the permuted null: ",
+                  _num(st, "n_significant_q05")]
+    return Finding(anchor("match"), "Best-matched latent", parts)
+
+
+def _sparse_readout(st: StageLike) -> Finding | None:
+    m = st.metrics
+
+    def ks(kind: str) -> list[int]:
+        return sorted(int(k.rsplit("_k", 1)[1]) for k in m
+                      if k.startswith(f"sparse_{kind}_auroc_k"))
+
+    latents, neurons = ks("latents"), ks("neurons")
+    if not latents:
+        return None
+    parts: Parts = ["held-out AUROC of probes on " + " / ".join(map(str, latents))
+                    + " SAE latents "]
+    parts += _joined(st, [f"sparse_latents_auroc_k{k}" for k in latents], strong=True)
+    if neurons:
+        parts += [" vs on " + " / ".join(map(str, neurons)) + " neurons "]
+        parts += _joined(st, [f"sparse_neurons_auroc_k{k}" for k in neurons])
+    for key, text in (("dense_auroc", "dense probe "), ("bow_auroc", "bag-of-words ")):
+        if key in m:
+            parts += ["; " + text, _num(st, key)]
+    return Finding(anchor("match"), "Sparse readout", parts)
+
+
+def _joined(st: StageLike, keys: Sequence[str], strong: bool = False) -> Parts:
+    parts: Parts = []
+    for i, key in enumerate(keys):
+        parts += [" / " if i else "", _num(st, key, strong=strong)]
+    return parts
+
+
+#: the organism's ground-truth findings: (set, rate, steering condition, what, label, other)
+GROUND_TRUTH = (
+    ("exceptions", "rate_rule", "direction", "rule-answer rate", "+LiReF on exceptions",
+     ("negated", "-LiReF")),
+    ("near_exceptions", "rate_stale", "negated", "stale-answer rate", "-LiReF on near-exceptions",
+     ("direction", "+LiReF")),
+)
+
+
+class _Steering:
+    """The steering stage's headline ``add`` setting and its result rows."""
+
+    def __init__(self, st: StageLike) -> None:
+        self.st = st
+        m = st.metrics
+        self.strength = m.get("headline/add/strength")
+        self.layer = m.get("headline/add/layer")
+        self.metrics = list(dict.fromkeys(k.split("/")[1] for k in m
+                                          if k.count("/") == 3 and "/unsteered/" in k))
+        rows = st.json("results.json")
+        self.rows: list[Mapping[str, Any]] = rows if isinstance(rows, list) else []
+
+    def metric(self, set_: str, key: str) -> str | None:
+        """The first scoring metric (teacher_forced first) with ``<set>/<metric>/<key>``."""
+        for metric in sorted(self.metrics, key=lambda x: x != "teacher_forced"):
+            if f"{set_}/{metric}/{key}" in self.st.metrics:
+                return metric
+        return None
+
+    def where(self) -> str:
+        if self.strength is None:
+            return ""
+        layer = "" if self.layer is None else f" at layer {fmt(int(self.layer))}"
+        return f" (add, strength {self.strength:g}{layer})"
+
+    def steered(self, set_: str, metric: str, condition: str, value: str) -> list[float]:
+        """``value`` of the rows of the headline ``add`` setting under ``condition`` (one per
+        seed for random directions)."""
+        if self.strength is None:
+            return []
+        return [float(r[value]) for r in self.rows
+                if r.get("set") == set_ and r.get("metric") == metric
+                and r.get("intervention") == "add" and r.get("condition") == condition
+                and r.get("strength") is not None
+                and float(r["strength"]) == float(self.strength)
+                and (self.layer is None or r.get("layer") == int(self.layer))
+                and r.get(value) is not None]
+
+
+def _ground_truth(st: StageLike, steer: _Steering) -> list[Finding]:
+    out = []
+    for set_, rate, cond, what, label, (other, other_label) in GROUND_TRUTH:
+        metric = steer.metric(set_, f"add/{cond}/{rate}_diff")
+        if metric is None:
+            continue
+        pre = f"{set_}/{metric}/"
+        parts: Parts = [what]
+        if pre + f"unsteered/{rate}" in st.metrics:
+            parts += [" ", _num(st, pre + f"unsteered/{rate}")]
+            now = steer.steered(set_, metric, cond, rate)
+            if len(now) == 1:
+                parts += [" \u2192 ", Cell(fmt(now[0]))]
+        parts += [steer.where(), ", change ",
+                  *_ci(st, pre + f"add/{cond}/{rate}_diff", True, strong=True)]
+        if pre + f"add/random/{rate}_diff" in st.metrics:
+            parts += [" vs ", _num(st, pre + f"add/random/{rate}_diff", True),
+                      " for random directions of the same norm"]
+            seeds = steer.steered(set_, metric, "random", rate)
+            if seeds:
+                parts += [f" ({len(seeds)} seeds, rates {fmt(min(seeds))}\u2013"
+                          f"{fmt(max(seeds))})"]
+        if pre + f"add/{other}/{rate}_diff" in st.metrics:
+            parts += [" and ", _num(st, pre + f"add/{other}/{rate}_diff", True),
+                      f" for {other_label}"]
+        out.append(Finding(anchor("ground_truth"), label, parts))
+    return out
+
+
+def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
+    """One line per steered set (a real model's): +LiReF's change of the gold answer's
+    log-probability (accuracy when not recorded) beside random directions, -LiReF and the
+    ablations."""
+    sets = list(dict.fromkeys(k.split("/")[0] for k in st.metrics
+                              if k.count("/") == 4 and "/add/direction/" in k))
+    out = []
+    for set_ in sets[:MAX_PER_KIND]:
+        metric = steer.metric(set_, "add/direction/diff")
+        if metric is None:
+            continue
+        pre = f"{set_}/{metric}/"
+        stat, what = (("logp_gold_diff", "gold-answer log-prob")
+                      if pre + "add/direction/logp_gold_diff" in st.metrics
+                      else ("diff", "accuracy"))
+        parts: Parts = [f"{what} change{steer.where()} ",
+                        *_ci(st, pre + f"add/direction/{stat}", True, strong=True)]
+        for key, text in ((f"add/random/{stat}", " for random directions of the same norm"),
+                          (f"add/negated/{stat}", " for -LiReF")):
+            if pre + key in st.metrics:
+                parts += [" vs " if key.startswith("add/random") else " and ",
+                          _num(st, pre + key, True), text]
+        if pre + f"ablate/direction/{stat}" in st.metrics:
+            parts += ["; ablating it ", *_ci(st, pre + f"ablate/direction/{stat}", True)]
+            if pre + f"ablate/random/{stat}" in st.metrics:
+                parts += [" vs ", _num(st, pre + f"ablate/random/{stat}", True),
+                          " for random ablations"]
+        out.append(Finding(anchor("paired"), f"+LiReF on {set_}", parts))
+    return out
+
+
+def findings(stages: Mapping[str, StageLike]) -> list[Finding]:
+    """The Findings lines of a run, in the report's order, at most ``MAX_FINDINGS``."""
+    out: list[Finding | None] = []
+    if "probe" in stages:
+        out += [_probe(stages["probe"]), *_transfer(stages["probe"])]
+    if "sae" in stages:
+        out.append(_sae(stages["sae"]))
+    if "match" in stages:
+        out += [_best_latent(stages["match"]), _sparse_readout(stages["match"])]
+    if "steer" in stages:
+        st = stages["steer"]
+        steer = _Steering(st)
+        truth = _ground_truth(st, steer)
+        out += truth or _steered_sets(st, steer)
+    return [f for f in out if f is not None][:MAX_FINDINGS]
