@@ -1,16 +1,10 @@
-"""Which SAE latents carry the LiReF: decoder/encoder geometry and sparse reconstruction.
+"""The inputs of a matching run: a probe run and an SAE, found, loaded and checked against each
+other (model, width, layer); and a finished run's outputs read back (``load_match``).
 
-The direction is a difference of activation means, not an activation: it is compared with the
-SAE's *dictionary* (decoder rows, encoder columns), never passed through the encoder.
-
-Shapes: ``W_dec`` ``[d_sae, d_in]``, ``W_enc`` ``[d_in, d_sae]``, direction ``[d_in]``; all
-geometry is computed in float64 on CPU. Layer ``l`` = output of decoder block ``l`` (HF
-``hidden_states[l + 1]``), sae-lens hook ``blocks.{l}.hook_resid_post``.
-
-The statistics (nulls, activation scores, sparse probes, token injection) live in
-``probing.matching.nulls`` / ``scores`` / ``sparse_probing`` / ``injection``; a whole matching run
-(``run_matching``, the ``analysis.match`` job's body) in ``probing.matching.run``; its
-outputs are read back with ``load_match``.
+Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), sae-lens hook
+``blocks.{l}.hook_resid_post``. The geometry lives in ``probing.matching.geometry``; the
+statistics in ``nulls`` / ``scores`` / ``sparse_probes`` / ``injection``; a whole run
+(``run_matching``, the ``analysis.match`` job's body) in ``probing.matching.run``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from probing.model.loading import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FIXTURES = Path(__file__).parent / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 PROMPTS = [
     "Q: What is the capital of France?\nA: ",
     "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
@@ -80,7 +80,7 @@ def test_converted_cache_is_reused(smollm2, gguf_cache, monkeypatch):
 
     from probing.model.loading import load_model_from_config
 
-    conf = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "smollm2_135m.yaml")
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / "smollm2_135m.yaml")
     model, _ = load_model_from_config(conf, gguf_cache)
     assert model.config._name_or_path == smollm2[0].config._name_or_path
     assert model.config.liref_name == "smollm2-135m" and num_layers(model) == conf.n_layers

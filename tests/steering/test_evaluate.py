@@ -260,7 +260,7 @@ def test_scorers_on_the_real_benchmark_files():
     """Gold worked solutions score as correct: GSM8K's ends in '#### <n>' (the last number),
     MMLU-Pro's validation chains of thought end in 'the answer is (X)'."""
     from probing.questions import load_question_set
-    from tests.test_questions import shared
+    from tests.questions.test_questions import shared
 
     gsm = load_question_set("gsm8k", path=str(shared("gsm8k/test.jsonl")), n=50, seed=0)
     assert all(score_answer(q.meta["solution"], q).correct for q in gsm)

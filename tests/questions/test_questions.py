@@ -23,7 +23,7 @@ from probing.questions.sampling import balanced_quotas, sample_balanced
 from probing.questions.tabular import load_csv, load_jsonl, load_tsv
 from tests.shared_data import shared
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "questions"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "questions"
 
 
 def q(i: int, label: str) -> Question:

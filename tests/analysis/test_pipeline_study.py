@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from probing.report.results import latest_run
-from tests.test_report import check_report_page
+from tests.report.test_build import check_report_page
 from train.tracking import read_offline_run
 
 STAGES = ("probe", "sae", "match", "steer")

@@ -31,7 +31,7 @@ from probing.sae.training import (
 )
 from tests.job_fixtures import run_module
 
-ORGANISM_CKPT = Path(__file__).resolve().parents[1] / "probing" / "organism" / "checkpoint"
+ORGANISM_CKPT = Path(__file__).resolve().parents[2] / "probing" / "organism" / "checkpoint"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -275,7 +275,7 @@ def test_pretrained_conf_entries_name_real_releases():
     from train.configs import to_settings
 
     directory = get_pretrained_saes_directory()
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     names = sorted(p.stem for p in (conf / "sae").glob("*.yaml"))
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         entries = [compose("sae", overrides=[f"sae={n}"]).sae for n in names]
