@@ -29,7 +29,7 @@ study-smollm2: setup
 	WANDB_SILENT=true $(BIN)/python -m analysis.pipeline --config-name study_smollm2 $(RUN_ARGS)
 
 test: setup
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q tests
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q --durations=15 tests
 
 lint: setup
 	$(BIN)/ruff check probing train analysis tests benchmarks
