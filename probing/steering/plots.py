@@ -106,7 +106,7 @@ def sweep_figure(rows: Sequence[Mapping[str, Any]], metric: str, intervention: s
     n_cols = min(max_cols, len(panels))
     n_rows = -(-len(panels) // n_cols)
     fig, axes = agg_figure(n_rows, n_cols, figsize=(3.4 * n_cols, 2.6 * n_rows + 0.6),
-                           squeeze=False, layout="constrained")
+                           squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax, (value, set_name) in zip(flat, panels, strict=False):
         _panel(ax, sel, steered, set_name, value, signed=intervention in ("add", "add_latent"))
@@ -118,7 +118,7 @@ def sweep_figure(rows: Sequence[Mapping[str, Any]], metric: str, intervention: s
             legend.setdefault(label, handle)
     where = f"layer {layer}" + (f", latent rank {rank}" if rank is not None else "")
     fig.suptitle(title or f"{intervention} ({where}), {metric.replace('_', '-')}", fontsize=11)
-    fig.legend(list(legend.values()), list(legend.keys()), loc="outside lower center",
+    fig.legend(list(legend.values()), list(legend.keys()), loc="lower center",
                ncol=min(len(legend), 6), fontsize=8, frameon=False)
     return fig
 
@@ -137,5 +137,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path | BinaryIO, m
     fig = sweep_figure(rows, metric, intervention, layer, rank, values, title, max_cols)
     if fig is None:
         return None
+    h = fig.get_figheight()  # fixed margins (tight_layout costs ~40% of the figure's time)
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.8 / h, bottom=0.95 / h, hspace=0.55,
+                        wspace=0.28)
     fig.savefig(path, dpi=100, format="png", metadata={"Description": SWEEP_LAYOUT})
     return path if not isinstance(path, str) else Path(path)
