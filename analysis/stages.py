@@ -78,6 +78,19 @@ def _stage_config(cfg: DictConfig, name: str, dirs: Mapping[str, Any]) -> DictCo
     return stage_cfg
 
 
+def stage_keys(cfg: DictConfig, order: list[str]) -> dict[str, str]:
+    """The cache key of every stage in ``order``: its config keys, the keys of the stages it
+    reads, the model's weights and liref's code; computed before any stage runs."""
+    model_key = model_source_key(plain(cfg.model))
+    keys: dict[str, str] = {}
+    for name in order:
+        spec = STAGES[name]
+        config = {k: plain(cfg.get(k)) for k in spec.config}
+        reads = {u: keys[u] for u in (*spec.upstream, *spec.optional) if u in keys}
+        keys[name] = stage_key(name, config, reads, model_key)
+    return keys
+
+
 def _summary(name: str, metrics: Mapping[str, Any], spec: StageSpec, reused: bool) -> str:
     parts = [f"{k}={metrics[k]:.3f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
              for k in spec.headline if k in metrics]
@@ -100,9 +113,8 @@ def run_pipeline(ctx: JobContext) -> dict[str, Any]:
     if "steer" in order:
         check_steer_sets(str(cfg.model.name), plain(cfg.steer.sets))
     write_environment(ctx.run_dir)
-    model_key = model_source_key(plain(cfg.model))
     reuse = bool(cfg.get("reuse_stages", True))
-    keys: dict[str, str] = {}
+    keys = stage_keys(cfg, order)
     dirs: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     for name in order:
@@ -110,8 +122,7 @@ def run_pipeline(ctx: JobContext) -> dict[str, Any]:
         stage_dir = ctx.run_dir / name
         stage_cfg = _stage_config(cfg, name, dirs)
         config = {k: plain(stage_cfg.get(k)) for k in spec.config}
-        reads = {u: keys[u] for u in (*spec.upstream, *spec.optional) if u in keys}
-        key = stage_key(name, config, reads, model_key)
+        key = keys[name]
         tracker = ctx.tracker.child(f"{name}:{ctx.tracker.name}", name, stage_dir,
                                     config={"stage": name, **config, "stage_key": key})
         reused = reuse and restore_stage(cfg.cache_dir, name, key, stage_dir)
@@ -131,7 +142,7 @@ def run_pipeline(ctx: JobContext) -> dict[str, Any]:
         tracker.start()  # a reused stage still gets its run: the dashboard shows every stage
         tracker.summary({**result, "reused": float(reused)})
         tracker.finish(0)
-        keys[name], dirs[name] = key, stage_dir
+        dirs[name] = stage_dir
         metrics.update({f"{name}/{k}": v for k, v in result.items()})
         metrics[f"{name}/reused"] = float(reused)
         log.info(_summary(name, result, spec, reused))

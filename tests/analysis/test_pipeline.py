@@ -36,10 +36,19 @@ def test_rerun_with_nothing_changed_restores_every_stage(organism_study):
     assert load_probe(run / "probe" / "probe").layer == first["probe/best_layer"]
     load_sae(str(run / "sae" / "sae"))  # the restored SAE loads
     assert (run / "report.html").is_file()
-    # a changed SAE setting recomputes the SAE and every stage that reads it, not the probe
-    third, _ = _rerun(organism_study, "sae.k=8", name="changed")
-    assert third["probe/reused"] == 1.0
-    assert third["sae/reused"] == third["match/reused"] == third["steer/reused"] == 0.0
+    # the keys computed before any stage runs are the ones the run restored from; a changed SAE
+    # setting changes the key of the SAE and of every stage that reads it, not the probe's
+    from hydra import compose, initialize_config_dir
+
+    from analysis.stages import STAGES, stage_keys
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        same_cfg = compose("pipeline", overrides=list(STUDY_OVERRIDES))
+        changed_cfg = compose("pipeline", overrides=[*STUDY_OVERRIDES, "sae.k=8"])
+    keys, changed = stage_keys(same_cfg, list(STAGES)), stage_keys(changed_cfg, list(STAGES))
+    assert all(f"stages/{s}-{keys[s]}" in log for s in stages)
+    assert changed["probe"] == keys["probe"]
+    assert all(changed[s] != keys[s] for s in ("sae", "match", "steer"))
 
 
 def test_pipeline_rejects_unknown_stage(tmp_path):

@@ -405,7 +405,7 @@ def test_organism_sae_explains_most_variance(tmp_path):
     model, tok = load_model("organism")
     corpus = load_corpus("organism", max_texts=4000, organism_checkpoint=ORGANISM_CKPT)
     cfg = SAETrainConfig(architecture="topk", expansion_factor=8, k=16, lr=1e-3,
-                         training_tokens=256 * 1500, batch_size=256)
+                         training_tokens=256 * 1500, batch_size=256, eval_every=0)
     data = SAEDataConfig(cache_dir=str(tmp_path / "cache"), heldout_texts=200, ce_batches=2)
     res = train_sae_on_corpus(model, tok, corpus, cfg, data, seed=0)
     assert res.layer == 2 and res.sae.cfg.d_sae == 8 * model.config.hidden_size
