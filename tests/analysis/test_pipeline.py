@@ -11,7 +11,7 @@ from probing.probes.estimators import load_probe
 from probing.report.results import latest_run
 from probing.sae.training import load_sae
 from tests.conftest import STUDY_OVERRIDES
-from tests.job_fixtures import REPO, run_module, write_questions
+from tests.job_fixtures import REPO, run_main_in_process, run_module, write_questions
 from tests.tiny_models import save_tiny_model
 
 
@@ -51,26 +51,27 @@ def test_rerun_with_nothing_changed_restores_every_stage(organism_study):
     assert all(changed[s] != keys[s] for s in ("sae", "match", "steer"))
 
 
-def test_pipeline_rejects_unknown_stage(tmp_path):
+def test_pipeline_rejects_unknown_stage(tmp_path, monkeypatch, capsys):
     model = save_tiny_model("llama", tmp_path / "model")
     questions = write_questions(tmp_path / "q.jsonl", n_per_label=4)
-    proc = run_module("analysis.pipeline", "model=local", f"model.name={model}",
-                      "data=local_file", f"data.sets.0.path={questions}", "logger=disabled",
-                      "stages=[probe,fly]", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "unknown stages ['fly']; allowed: ['probe', 'sae', 'match', 'steer']" in proc.stderr
-    proc = run_module("analysis.pipeline", "model=local", f"model.name={model}",
-                      "data=local_file", f"data.sets.0.path={questions}", "logger=disabled",
-                      "stages=[sae]", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "stage 'sae' reads the outputs of ['probe']" in proc.stderr
+    common = ["model=local", f"model.name={model}", "data=local_file",
+              f"data.sets.0.path={questions}", "logger=disabled"]
+
+    def run(*extra: str) -> tuple[int, str]:
+        return run_main_in_process("analysis.pipeline", [*common, *extra], tmp_path,
+                                   monkeypatch, capsys)
+
+    code, err = run("stages=[probe,fly]")
+    assert code == 2
+    assert "unknown stages ['fly']; allowed: ['probe', 'sae', 'match', 'steer']" in err
+    code, err = run("stages=[sae]")
+    assert code == 2
+    assert "stage 'sae' reads the outputs of ['probe']" in err
     # a real model with the organism's steering sets: one error before any stage runs
-    proc = run_module("analysis.pipeline", "model=local", f"model.name={model}",
-                      "data=local_file", f"data.sets.0.path={questions}", "logger=disabled",
-                      "steer=organism", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "ask the organism's synthetic questions" in proc.stderr
-    assert "steer=benchmarks_cpu" in proc.stderr and not list(tmp_path.glob("outputs/*/*/probe"))
+    code, err = run("steer=organism")
+    assert code == 2
+    assert "ask the organism's synthetic questions" in err
+    assert "steer=benchmarks_cpu" in err and not list(tmp_path.glob("outputs/*/*/probe"))
 
 
 @pytest.mark.parametrize(("overrides", "metric", "sets", "corpus"), [
