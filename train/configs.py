@@ -12,7 +12,7 @@ into the validated dataclass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
@@ -168,17 +168,6 @@ def to_settings(node: DictConfig | Any, cls: type[T]) -> T:
         merged = OmegaConf.merge(OmegaConf.structured(cls), plain)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     return cls(**node)
-
-
-def declared_keys(cls: type) -> dict[str, Any]:
-    """``{field: nested declared keys or None}`` of a dataclass (for the config tests)."""
-    out: dict[str, Any] = {}
-    for f in fields(cls):
-        out[f.name] = None
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            out[f.name] = declared_keys(type(default))
-    return out
 
 
 register_configs()
