@@ -49,17 +49,24 @@ STAGES: dict[str, StageSpec] = {
                        ("data", "layers", "position", "prompt", "probe", "eval", "seed"),
                        headline=("best_layer", "best/auroc", "control/bow_auroc",
                                  "control/embedding_auroc")),
+    "conflict": StageSpec("analysis.conflict:conflict",
+                          ("conflict_data", "conflict", "data", "layers", "position", "prompt",
+                           "probe", "eval", "seed", "n_permutations"), ("probe",),
+                          ("best_layer", "best/auroc", "counts/known", "n_context", "n_memory")),
     "sae": StageSpec("train.sae:sae_job", ("layer", "sae", "corpus", "activations", "seed"),
                      ("probe",), ("layer", "l0", "explained_variance", "ce_loss_recovered")),
     "match": StageSpec("analysis.match:match",
                        ("matching", "data", "prompt", "position", "sae", "seed"),
                        ("probe", "sae"), ("top1_cosine", "top1_p", "k_for_0.9_cosine")),
-    "steer": StageSpec("analysis.steer:steer_job", ("steer", "steering", "prompt", "seed"),
-                       ("probe",), ("n_settings", "seconds"), optional=("sae", "match")),
+    "steer": StageSpec("analysis.steer:steer_job",
+                       ("steer", "steering", "prompt", "conflict", "seed"),
+                       ("probe",), ("n_settings", "seconds"),
+                       optional=("sae", "match", "conflict")),
 }
 
 #: the input-folder keys the stages read, and the stage (sub-folder) each points at
-INPUT_DIRS = {"probe_dir": ("probe", ""), "sae_dir": ("sae", "sae"), "match_dir": ("match", "")}
+INPUT_DIRS = {"probe_dir": ("probe", ""), "sae_dir": ("sae", "sae"), "match_dir": ("match", ""),
+              "conflict_dir": ("conflict", "")}
 
 
 def _resolve(target: str) -> Callable[[JobContext], Mapping[str, Any]]:
@@ -112,6 +119,8 @@ def run_pipeline(ctx: JobContext) -> dict[str, Any]:
                              f"stages (allowed order: {list(STAGES)})")
     if "steer" in order:
         check_steer_sets(str(cfg.model.name), plain(cfg.steer.sets))
+    if "conflict" in order:
+        check_steer_sets(str(cfg.model.name), plain(cfg.conflict_data.sets), "conflict_data")
     write_environment(ctx.run_dir)
     reuse = bool(cfg.get("reuse_stages", True))
     keys = stage_keys(cfg, order)

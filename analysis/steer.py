@@ -16,17 +16,19 @@ from omegaconf import DictConfig
 
 from probing.steering.run import SteeringSettings, SteerSets, run_steering
 from train.configs import to_settings
-from train.jobkit import CONFIG_PATH, JobContext, plain, run_job
+from train.jobkit import CONFIG_PATH, JobContext, built_sets, plain, run_job
 from train.stage_logs import log_steering
 
 
 def steer_job(ctx: JobContext) -> dict[str, Any]:
     cfg = ctx.cfg
     model, tokenizer = ctx.model()
+    sets = to_settings(cfg.steer, SteerSets)
+    sets.sets = built_sets(cfg, model, tokenizer, sets.sets, add_prompt=True)
     result = run_steering(model, tokenizer, to_settings(cfg.steering, SteeringSettings),
-                          to_settings(cfg.steer, SteerSets), ctx.run_dir, cfg.probe_dir,
+                          sets, ctx.run_dir, cfg.probe_dir,
                           cfg.match_dir, cfg.sae_dir, plain(cfg.prompt), str(cfg.model.name),
-                          int(cfg.seed))
+                          int(cfg.seed), cfg.get("conflict_dir"))
     log_steering(ctx.tracker, result.rows, result.plots)
     return result.metrics
 

@@ -13,10 +13,10 @@ PROBING = ROOT / "probing"
 
 #: the stages of ``probing/``, lowest first: a module may import its own stage and lower ones.
 #: foundation (errors, io, stats, ...) < questions < evaluation (generation, scorers, margins,
-#: paired statistics) < organism < model < activations < probes < sae < matching < steering
-#: < report
+#: paired statistics) < organism < model < activations < probes < conflicts < sae < matching
+#: < steering < report
 ORDER = ("foundation", "questions", "evaluation", "organism", "model", "activations", "probes",
-         "sae", "matching", "steering", "report")
+         "conflicts", "sae", "matching", "steering", "report")
 FOUNDATION = {"errors", "io", "seeding", "fingerprint", "lazy", "stats", "version", "batching",
               "figures"}
 #: glue modules of the job layer (not jobs themselves)

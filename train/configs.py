@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from probing.activations.corpus import TextCorpusConfig
+from probing.conflicts.build import ConflictConfig
 from probing.matching.run import MatchSettings
 from probing.model.loading import ModelConfig
 from probing.organism.config import OrganismConfig
@@ -58,6 +59,8 @@ class ModelJobConfig(JobConfig):
     #: where question activations are read: last prompt token (the paper) or mean over the prompt
     position: str = "last"
     batch_size: int = 16
+    #: how knowledge-conflict sets (popqa_conflict, organism_conflict) are built for the model
+    conflict: ConflictConfig = field(default_factory=ConflictConfig)
 
 
 @dataclass
@@ -69,6 +72,16 @@ class ExtractJob(ModelJobConfig):
 class ProbeJob(ExtractJob):
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class ConflictJob(ProbeJob):
+    #: the counterfactual items probed on the model's behaviour (a ``data`` config option)
+    conflict_data: DataConfig = field(default_factory=DataConfig)
+    #: a probe run whose LiReF is scored on the conflict items (``data.transfer`` sets' too)
+    probe_dir: str | None = None
+    #: label-permuted directions in the null of the knob cosine
+    n_permutations: int = 1000
 
 
 @dataclass
@@ -101,17 +114,20 @@ class SteerJob(ModelJobConfig):
     probe_dir: str | None = None
     match_dir: str | None = None
     sae_dir: str | None = None
+    #: a conflict run: its direction (the knob) is steered beside the LiReF
+    conflict_dir: str | None = None
 
 
 @dataclass
-class PipelineJob(ProbeJob):
+class PipelineJob(ConflictJob):
     sae: SAEConfig = field(default_factory=SAEConfig)
     corpus: TextCorpusConfig = field(default_factory=TextCorpusConfig)
     activations: SAEDataConfig = field(default_factory=SAEDataConfig)
     matching: MatchSettings = field(default_factory=MatchSettings)
     steer: SteerSets = field(default_factory=SteerSets)
     steering: SteeringSettings = field(default_factory=SteeringSettings)
-    stages: list[str] = field(default_factory=lambda: ["probe", "sae", "match", "steer"])
+    stages: list[str] = field(default_factory=lambda: ["probe", "conflict", "sae", "match",
+                                                       "steer"])
     #: restore a stage from ``<cache_dir>/stages/`` when its inputs are unchanged
     reuse_stages: bool = True
     #: the SAE's layer; null = the probe stage's chosen layer
@@ -120,6 +136,7 @@ class PipelineJob(ProbeJob):
     probe_dir: str | None = None
     sae_dir: str | None = None
     match_dir: str | None = None
+    conflict_dir: str | None = None
 
 
 @dataclass
@@ -137,7 +154,8 @@ class OrganismJob(JobConfig):
 
 #: job name (its primary config ``conf/<job>.yaml``) -> schema
 SCHEMAS: dict[str, type] = {
-    "extract": ExtractJob, "probe": ProbeJob, "sae": SAEJob, "match": MatchJob,
+    "extract": ExtractJob, "probe": ProbeJob, "conflict": ConflictJob, "sae": SAEJob,
+    "match": MatchJob,
     "steer": SteerJob, "pipeline": PipelineJob, "report": ReportJob, "organism": OrganismJob,
 }
 
@@ -147,6 +165,7 @@ SCHEMAS: dict[str, type] = {
 GROUPS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "probe": ProbeConfig, "sae": SAEConfig,
     "corpus": TextCorpusConfig, "steer": SteerSets, "logger": LoggerConfig,
+    "conflict_data": DataConfig,
 }
 
 

@@ -174,17 +174,44 @@ class SweepFailures(Callback):
 
 
 def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list,
-                         controls: bool = True) -> Any:
+                         controls: bool = True, data: Any = None) -> Any:
     """``ProbeData`` (activations ``[N, L, d]``, questions, prompts, mean input embeddings) of
-    question ``sets`` under the job's ``data.n``, ``seed``, ``layers``, ``position``,
-    ``batch_size``, ``prompt`` and cache."""
+    question ``sets`` under ``data``'s ``n`` and ``classes`` (default: the job's ``data``), the
+    job's ``seed``, ``layers``, ``position``, ``batch_size``, ``prompt`` and cache. Conflict
+    sets are built for the model first, and prompted with ``conflict.prompt``."""
+    data = cfg.data if data is None else data
+    from probing.conflicts.build import CONFLICT_SETS, conflict_template
     from probing.model.loading import organism_checkpoint
     from probing.probes.data import probe_data
     from probing.questions import load_questions
     from probing.questions.prompts import prompt_template
 
-    questions = load_questions(sets, cfg.data.get("n"), cfg.seed, organism_checkpoint(model),
-                               classes=plain(cfg.data.get("classes")))
+    template = prompt_template(plain(cfg.prompt))
+    sets = built_sets(cfg, model, tokenizer, sets)
+    if any(s.get("name") in CONFLICT_SETS for s in sets):  # conflict items keep their prompt
+        template = conflict_template(conflict_settings(cfg), template)
+    questions = load_questions(sets, data.get("n"), cfg.seed, organism_checkpoint(model),
+                               classes=plain(data.get("classes")))
     layers = None if cfg.layers is None else list(cfg.layers)
     return probe_data(model, tokenizer, questions, cfg.cache_dir, layers, cfg.position,
-                      cfg.batch_size, prompt_template(cfg.prompt), controls=controls)
+                      cfg.batch_size, template, controls=controls)
+
+
+def conflict_settings(cfg: DictConfig) -> Any:
+    """The job's ``conflict:`` section as a ``ConflictConfig``."""
+    from probing.conflicts.build import ConflictConfig
+    from train.configs import to_settings
+
+    return to_settings(cfg.get("conflict"), ConflictConfig)
+
+
+def built_sets(cfg: DictConfig, model: Any, tokenizer: Any, sets: list,
+               add_prompt: bool = False) -> list[dict]:
+    """``sets`` with every knowledge-conflict set built for the job's model (cached)."""
+    from probing.conflicts.build import prepare_sets
+    from probing.model.loading import organism_checkpoint
+    from probing.questions.prompts import prompt_template
+
+    return prepare_sets(plain(sets) or [], model, tokenizer, conflict_settings(cfg),
+                        prompt_template(plain(cfg.prompt)), cfg.cache_dir,
+                        organism_checkpoint(model), add_prompt)

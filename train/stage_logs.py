@@ -91,3 +91,28 @@ def log_steering(tracker: Tracker, rows: Sequence[dict[str, Any]], plots: Sequen
         tracker.log({"steer/strength": float(r["strength"]), **values})
     for path in plots:
         tracker.log_image(f"steer/plots/{path.stem}", path)
+
+
+def log_conflict(ctx: Any, readout: Any) -> None:
+    """The conflict readout: the behavioural probe's per-layer metrics and plots, the transfer
+    and knob-cosine rows per reference as tables."""
+    summary = readout.summary
+    ctx.tracker.define_metric("conflict/*", step_metric="conflict/layer")
+    for name, rows in summary["transfer"].items():
+        columns = list(rows[0]) if rows else []
+        ctx.tracker.log_table(f"conflict/transfer_{name}", columns,
+                              [[r[c] for c in columns] for r in rows])
+    for name, rows in summary["knob"].items():
+        columns = list(rows[0]) if rows else []
+        ctx.tracker.log_table(f"conflict/knob_{name}", columns,
+                              [[r[c] for c in columns] for r in rows])
+    image = ctx.run_dir / "conflict_layers.png"
+    if image.is_file():
+        ctx.tracker.log_image("conflict/layers", image)
+    m = readout.metrics
+    log.info("knowledge conflicts: %d facts known closed-book; counterfactual answers %d context, "
+             "%d memory, %d other; behaviour readable at layer %d with AUROC %.3f [%.3f, %.3f] "
+             "(bag-of-words %.3f)", m.get("counts/known", 0), m.get("counts/context", 0),
+             m.get("counts/memory", 0), m.get("counts/other", 0), m["best_layer"],
+             m["best/auroc"], m["best/auroc_ci_low"], m["best/auroc_ci_high"],
+             m.get("control/bow_auroc", float("nan")))

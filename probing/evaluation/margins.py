@@ -10,7 +10,9 @@ one forward pass of the prompt scores them all; otherwise each candidate is one 
 
 Tokenisation: the answer's tokens are those of ``tokenize(prompt + answer)`` after its longest
 common prefix with ``tokenize(prompt)``; the context is that prefix (a trailing space of the
-prompt that merges into the answer's first token belongs to the answer, as in lm-eval).
+prompt that merges into the answer's first token belongs to the answer, as in lm-eval). After a
+prompt that ends without whitespace (``"...A:"``) an answer is scored with one leading space
+(``" Paris"``), the way such a prompt is continued.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def split_answer(tokenizer: Any, prompt: str, answer: str, add_special_tokens: bool = True,
                  ) -> tuple[list[int], list[int]]:
     """``(context ids, answer ids)`` of ``prompt + answer`` (see the module docstring)."""
+    if prompt and not prompt[-1].isspace() and answer and not answer[0].isspace():
+        answer = " " + answer
     ids_p = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     ids_full = tokenizer(prompt + answer, add_special_tokens=add_special_tokens)["input_ids"]
     cut = _common_prefix(list(ids_p), list(ids_full))

@@ -31,20 +31,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ProbeReport", "question_summary", "recorded_layer", "run_probe_stage"]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @dataclass
 class ProbeReport:
     """What ``run_probe_stage`` produced: per-layer rows, the best layer, flat metrics, files."""
@@ -54,8 +40,6 @@ class ProbeReport:
     metrics: dict[str, float]
     directions: torch.Tensor  # [L, d] float64, not normalised
     files: dict[str, Path] = field(default_factory=dict)
-
-
 
 
 def question_summary(questions: Sequence[Question],

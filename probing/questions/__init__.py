@@ -40,6 +40,9 @@ QUESTION_SETS: dict[str, str] = {
     "csv": "probing.questions.tabular:load_csv",
     "tsv": "probing.questions.tabular:load_tsv",
     "organism": "probing.organism.questions:load_organism_questions",
+    # built per model by the jobs (probing.conflicts.prepare_sets), then read from the built file
+    "popqa_conflict": "probing.conflicts.build:load_conflict_set",
+    "organism_conflict": "probing.conflicts.build:load_conflict_set",
 }
 
 #: the sets whose labels are read from the file: they take a data config's ``classes``

@@ -20,11 +20,12 @@ from typing import Any
 from probing.errors import LirefError
 from probing.io import atomic_write_text, read_json, write_json
 from probing.report.blocks import Block, Cell, fmt, render_html, render_markdown
+from probing.report.conflicts import conflict_blocks
 from probing.report.findings import HEADINGS, findings
 
 __all__ = ["STAGE_FOLDERS", "build_report", "environment_info", "write_environment"]
 
-STAGE_FOLDERS = ("probe", "sae", "match", "steer")
+STAGE_FOLDERS = ("probe", "conflict", "sae", "match", "steer")
 ENVIRONMENT_FILE = "environment.json"
 PACKAGES = ("torch", "transformers", "sae_lens", "scikit-learn", "numpy", "wandb", "hydra-core",
             "datasets", "liref")
@@ -416,6 +417,8 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     blocks.append(Block("p", f"Run folder `{run}`; stages: {', '.join(stages)}."))
     if probe:
         blocks += _questions_section(probe) + _probe_section(probe)
+    if "conflict" in stages:
+        blocks += conflict_blocks(stages["conflict"], stages.get("steer"), HEADINGS["conflicts"])
     if "sae" in stages:
         blocks += _sae_section(stages["sae"])
     if "match" in stages:

@@ -22,6 +22,7 @@ HEADINGS = {
     "questions": "Question sets",
     "probe": "Probes and the reasoning direction per layer",
     "transfer": "Transfer: the probe scored on other sets",
+    "conflicts": "Knowledge conflicts",
     "sae": "Sparse autoencoder",
     "match": "SAE latents matched to the reasoning direction",
     "steer": "Steering with the direction and with single latents",
@@ -114,6 +115,58 @@ def _transfer(st: StageLike) -> list[Finding]:
         if pre + "selectivity" in m:
             parts += ["; selectivity ", _num(st, pre + "selectivity", True)]
         out.append(Finding(anchor("transfer"), f"Transfer to {name}", parts))
+    return out
+
+
+def _conflict(st: StageLike) -> list[Finding]:
+    """The conflict readout: how many facts, which answer is readable where, and the LiReF of
+    the probe run scored on those items with its knob cosine."""
+    m = st.metrics
+    if "best/auroc" not in m:
+        return []
+    parts: Parts = []
+    if "counts/known" in m:
+        parts += [_num(st, "counts/known"), " facts known closed-book; after a counterfactual "
+                  "statement ", _num(st, "counts/context"), " context / ",
+                  _num(st, "counts/memory"), " memory / ", _num(st, "counts/other"),
+                  " other answers; "]
+    parts += ["which answer comes is readable at layer ", _num(st, "best_layer"),
+              " with AUROC ", *_ci(st, "best/auroc", strong=True),
+              *_strongest_control(st, "control/")]
+    out = [Finding(anchor("conflicts"), "Knowledge conflicts", parts)]
+    refs = list(dict.fromkeys(k.split("/")[1] for k in m
+                              if k.startswith("transfer/") and k.endswith("/auroc")))
+    for ref in refs[:MAX_PER_KIND]:
+        pre = f"transfer/{ref}/"
+        line: Parts = ["scored unchanged on the conflict items: AUROC ",
+                       *_ci(st, pre + "auroc", strong=True)]
+        if f"knob/{ref}/cosine" in m:
+            line += ["; cosine with the conflict direction ", _num(st, f"knob/{ref}/cosine",
+                                                                   True),
+                     " (null 95% ", _num(st, f"knob/{ref}/null_low", True), "..",
+                     _num(st, f"knob/{ref}/null_high", True), ", p ",
+                     _num(st, f"knob/{ref}/p_value"), ")"]
+        out.append(Finding(anchor("conflicts"), f"LiReF of {ref} on conflicts", line))
+    return out
+
+
+def _conflict_steering(st: StageLike, steer: _Steering) -> list[Finding]:
+    """+LiReF / -LiReF on counterfactual items: the change of the context and memory rates."""
+    out = []
+    for rate, cond, label in (("rate_context", "direction", "+LiReF on counterfactual items"),
+                              ("rate_memory", "negated", "-LiReF on counterfactual items")):
+        metric = steer.metric("conflict_counterfactual", f"add/{cond}/{rate}_diff")
+        if metric is None:
+            continue
+        pre = f"conflict_counterfactual/{metric}/"
+        what = "context" if rate == "rate_context" else "memory"
+        parts: Parts = [f"{what}-answer rate ", _num(st, pre + f"unsteered/{rate}"),
+                        steer.where(), ", change ",
+                        *_ci(st, pre + f"add/{cond}/{rate}_diff", True, strong=True)]
+        if pre + f"add/random/{rate}_diff" in st.metrics:
+            parts += [" vs ", _num(st, pre + f"add/random/{rate}_diff", True),
+                      " for random directions of the same norm"]
+        out.append(Finding(anchor("conflicts"), label, parts))
     return out
 
 
@@ -272,7 +325,8 @@ def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
     log-probability (accuracy when not recorded) beside random directions, -LiReF and the
     ablations."""
     sets = list(dict.fromkeys(k.split("/")[0] for k in st.metrics
-                              if k.count("/") == 4 and "/add/direction/" in k))
+                              if k.count("/") == 4 and "/add/direction/" in k
+                              and not k.startswith("conflict_")))  # those: _conflict_steering
     out = []
     for set_ in sets[:MAX_PER_KIND]:
         metric = steer.metric(set_, "add/direction/diff")
@@ -303,6 +357,8 @@ def findings(stages: Mapping[str, StageLike]) -> list[Finding]:
     out: list[Finding | None] = []
     if "probe" in stages:
         out += [_probe(stages["probe"]), *_transfer(stages["probe"])]
+    if "conflict" in stages:
+        out += _conflict(stages["conflict"])
     if "sae" in stages:
         out.append(_sae(stages["sae"]))
     if "match" in stages:
@@ -311,5 +367,6 @@ def findings(stages: Mapping[str, StageLike]) -> list[Finding]:
         st = stages["steer"]
         steer = _Steering(st)
         truth = _ground_truth(st, steer)
+        out += _conflict_steering(st, steer)
         out += truth or _steered_sets(st, steer)
     return [f for f in out if f is not None][:MAX_FINDINGS]

@@ -212,12 +212,13 @@ def item_flips(outcomes: Outcomes, baseline: int = 0) -> dict[str, Any]:
 
 def build_eval_set(spec: Mapping[str, Any], template: Any = None, tokenizer: Any = None,
                    organism_path: str | None = None, n: int | None = None, seed: int = 0,
-                   exclude: Collection[str] = ()) -> EvalSet:
+                   exclude: Collection[str] = (), exclude_groups: Collection[str] = (),
+                   ) -> EvalSet:
     """An ``EvalSet`` from a config mapping: ``set`` (its name), ``rates``, ``contrast``,
     ``prompt`` (a ``PromptTemplate`` mapping overriding ``template``), ``n`` (items, drawn with
     ``seed``), the rest passed to ``load_question_set`` (``name``, ``path``, ``split``,
     ``kinds``, ...). Questions whose id is in ``exclude`` (the items the direction was fitted
-    on) are dropped before the draw."""
+    on) or whose group is in ``exclude_groups`` are dropped before the draw."""
     from probing.questions import load_questions
     from probing.questions.prompts import PromptTemplate, format_prompts, prompt_template
     from probing.questions.sampling import sample_balanced
@@ -231,7 +232,7 @@ def build_eval_set(spec: Mapping[str, Any], template: Any = None, tokenizer: Any
     if not name:
         raise LirefError(f"question set entry {spec} has no 'set' or 'name'")
     questions = load_questions([spec], None, seed, organism_path)
-    kept = [q for q in questions if q.id not in exclude]
+    kept = [q for q in questions if q.id not in exclude and q.group not in exclude_groups]
     if not kept:
         raise LirefError(f"steering set {name!r}: all {len(questions)} questions were used to "
                          "fit the direction; evaluate on other items")

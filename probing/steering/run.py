@@ -123,7 +123,8 @@ class SteerSets:
 
     ``sets``: each a ``load_question_set`` mapping plus ``set`` (its name in the results),
     ``rates`` (``{name: meta key}``: rate of answering that meta answer), ``contrast``
-    (``[a, b]``: margin log P(a) - log P(b)) and ``prompt`` (a ``PromptTemplate`` mapping).
+    (``[a, b]``: margin log P(a) - log P(b)), ``prompt`` (a ``PromptTemplate`` mapping) and
+    ``generate_n`` (items of that set also scored by greedy generation; default ``generate.n``).
     ``metric``: ``teacher_forced`` (one forward pass per item and setting) or ``generate``.
     """
 
@@ -165,16 +166,29 @@ def fitted_ids(probe_dir: str | Path) -> set[str]:
     return {i for fold in split.get("test_folds", []) for i in fold}
 
 
-def check_steer_sets(model_name: str, sets: Sequence[Mapping[str, Any]] | None) -> None:
+def check_steer_sets(model_name: str, sets: Sequence[Mapping[str, Any]] | None,
+                     where: str = "steer sets") -> None:
     """The organism's question sets need the organism: a real model gets one clear error
-    (before any stage of a pipeline runs) naming the steer configs that fit it."""
-    named = [s.get("set") or s.get("name") for s in (sets or []) if s.get("name") == "organism"]
+    (before any stage of a pipeline runs) naming the configs that fit it."""
+    named = [s.get("set") or s.get("name") for s in (sets or [])
+             if s.get("name") in ("organism", "organism_conflict")]
     organism = model_name == "organism" or Path(model_name, "organism.json").is_file()
     if named and not organism:
-        raise LirefError(f"steer sets {named} ask the organism's synthetic questions, but "
-                         f"model is {model_name!r}; for a real model use steer=benchmarks_cpu "
-                         "(teacher-forced, CPU) or steer=benchmarks (generation), or "
-                         "--config-name study_smollm2")
+        fix = ("conflict_data=paper_local (PopQA conflicts)" if where == "conflict_data" else
+               "steer=benchmarks_cpu (teacher-forced, CPU) or steer=benchmarks (generation)")
+        raise LirefError(f"{where} {named} ask the organism's synthetic questions, but model "
+                         f"is {model_name!r}; for a real model use {fix}, or --config-name "
+                         "study_smollm2")
+
+
+def _fitted_groups(conflict_dir: str | Path | None) -> set[str]:
+    """The facts (groups) a conflict run fitted its direction on: every item of those facts
+    (counterfactual, consistent, closed-book) is left out of the steering sets."""
+    from probing.conflicts.build import fact_group
+
+    if not conflict_dir:
+        return set()
+    return {fact_group(i) for i in fitted_ids(conflict_dir)}
 
 
 def _subset(evalset: Any, n: int, seed: int) -> Any:
@@ -219,13 +233,14 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
                  out_dir: str | Path, probe_dir: str | Path | None,
                  match_dir: str | Path | None = None, sae_dir: str | Path | None = None,
                  template: Mapping[str, Any] | None = None, model_name: str = "",
-                 seed: int = 0) -> SteeringResult:
+                 seed: int = 0, conflict_dir: str | Path | None = None) -> SteeringResult:
     """Evaluate every setting of the sweep on every set of ``sets``; write the result files
     into ``out_dir`` (see the module docstring).
 
     ``probe_dir``: a probe run (its directions and chosen layer); ``match_dir``: a matching run
     (latent interventions, the ``orthogonal`` control); ``sae_dir``: the SAE of the matched
-    latents (``None`` = the one the matching run names)."""
+    latents (``None`` = the one the matching run names); ``conflict_dir``: a conflict run (its
+    direction, the knob, is steered beside the LiReF; the facts it was fitted on are left out)."""
     from probing.evaluation.paired import add_q_values
     from probing.io import write_csv
     from probing.model.loading import organism_checkpoint
@@ -267,9 +282,17 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
         raise LirefError("steer.sets is empty: name at least one question set")
     check_steer_sets(model_name, sets.sets)
     exclude = fitted_ids(probe_dir)  # held out from the direction, as every figure is
+    exclude_groups = _fitted_groups(conflict_dir)
     tmpl = prompt_template(template)
+    specs = [dict(s) for s in sets.sets]
+    gen_n = [s.pop("generate_n", None) for s in specs]  # per set: items also generated
     evalsets = [build_eval_set(spec, tmpl, tokenizer, organism_checkpoint(model),
-                               sets.n_per_set, seed, exclude) for spec in sets.sets]
+                               sets.n_per_set, seed, exclude, exclude_groups) for spec in specs]
+    knob = None
+    if conflict_dir:
+        from probing.steering.sources import load_probe_run
+
+        knob = load_probe_run(conflict_dir).directions
     norm_unit = None
     if settings.units == "norm":  # the mean residual norm at the last prompt token
         prompts = [p for es in evalsets for p in es.prompts]
@@ -281,7 +304,7 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
                      n_random=ctl.n_random, negated=ctl.negated, orthogonal=ctl.orthogonal,
                      top_k_latents=ctl.top_k_latents, n_random_latents=ctl.n_random_latents,
                      seed=seed)
-    built = build_settings(spec, probe.directions, match, sae)
+    built = build_settings(spec, probe.directions, match, sae, knob)
     interventions = [s.interventions for s in built]
     infos = [s.info for s in built]
     log.info("%d settings x %d sets (%s); layers %s", len(built), len(evalsets),
@@ -289,7 +312,7 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
     rows: list[dict[str, Any]] = []
     items: dict[str, dict[str, Any]] = {}
     bs, gen = settings.batch_size, sets.generate
-    for es in evalsets:
+    for es, set_gen in zip(evalsets, gen_n, strict=True):
         if sets.metric == "teacher_forced":
             t = time.perf_counter()
             outcome = evaluate_teacher_forced(model, tokenizer, es, interventions, bs)
@@ -297,7 +320,8 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
             items[f"{es.name}/{outcome.metric}"] = item_flips(outcome)
             log.info("%s: teacher-forced, %d rows in %.1f s", es.name,
                      len(es.questions) * len(built), time.perf_counter() - t)
-        n_gen = len(es.questions) if sets.metric == "generate" else gen.n
+        n_gen = (len(es.questions) if sets.metric == "generate"
+                 else gen.n if set_gen is None else int(set_gen))
         if n_gen > 0:
             t = time.perf_counter()
             part = _subset(es, n_gen, seed)
@@ -315,6 +339,7 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
     write_csv(out / "results.csv", rows)
     write_json(out / "items.json", items)
     write_json(out / "settings.json", {"probe_dir": str(probe.folder),
+                                       "conflict_dir": str(conflict_dir) if knob else None,
                                        "match_dir": str(match.folder) if match else None,
                                        "layers": layers, "settings": infos,
                                        "norm_unit": norm_unit})

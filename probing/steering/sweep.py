@@ -9,6 +9,8 @@ strength, the conditions are:
 - ``random``: seeded random directions of the same norm (``n_random`` seeds);
 - ``orthogonal``: the LiReF with the span of the matched latents' decoder rows removed,
   rescaled to its norm (needs a matching run; at the SAE's layer only);
+- ``conflict`` / ``negated_conflict``: a conflict run's own direction (context minus memory
+  answers, its own norm as the ``gap`` unit), when one is given;
 - ``latent`` / ``random_latent``: a matched latent (``add_latent``, ``clamp_latent``) and
   seeded random latents of similar firing density.
 
@@ -140,13 +142,16 @@ def _direction_settings(spec: SweepSpec, name: str, layer: int, r: torch.Tensor,
 
 
 def build_settings(spec: SweepSpec, directions: Mapping[int, torch.Tensor],
-                   match: MatchRun | None = None, sae: Any | None = None) -> list[Setting]:
+                   match: MatchRun | None = None, sae: Any | None = None,
+                   knob: Mapping[int, torch.Tensor] | None = None) -> list[Setting]:
     """All settings of ``spec``: the unsteered run first, then per intervention and layer each
     strength with its direction and controls.
 
     Args:
         directions: ``{layer: [d]}`` unnormalised diff-in-means (its norm is the ``gap`` unit).
         match, sae: the matching run and its SAE (latent interventions, ``orthogonal``).
+        knob: ``{layer: [d]}`` a conflict run's direction (context minus memory), steered as
+            the conditions ``conflict`` (and ``negated_conflict`` for additions).
     """
     settings = [Setting([], _info("none", None, 0.0, "unsteered"))]
     seeds = [spec.seed + k for k in range(spec.n_random)]
@@ -165,6 +170,11 @@ def build_settings(spec: SweepSpec, directions: Mapping[int, torch.Tensor],
             controls: list[tuple[str, int | None, torch.Tensor]] = []
             if spec.negated and name == "add":
                 controls.append(("negated", None, -r))
+            if knob is not None and layer in knob:
+                k = knob[layer].to(torch.float64)
+                controls.append(("conflict", None, k))
+                if spec.negated and name == "add":
+                    controls.append(("negated_conflict", None, -k))
             rand = random_directions(r.numel(), seeds, float(r.norm()))
             controls += [("random", seed, rand[k]) for k, seed in enumerate(seeds)]
             if spec.orthogonal and match is not None and sae is not None and top:

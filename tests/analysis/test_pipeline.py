@@ -27,7 +27,7 @@ def test_rerun_with_nothing_changed_restores_every_stage(organism_study):
     first = json.loads((latest_run("pipeline", organism_study / "outputs") / "metrics.json"
                         ).read_text())
     second, log = _rerun(organism_study, name="rerun")
-    stages = ("probe", "sae", "match", "steer")
+    stages = ("probe", "conflict", "sae", "match", "steer")
     assert all(first[f"{s}/reused"] == 0.0 and second[f"{s}/reused"] == 1.0 for s in stages)
     same = {k: v for k, v in first.items() if not k.endswith("/reused")}
     assert {k: v for k, v in second.items() if not k.endswith("/reused")} == same
@@ -63,7 +63,8 @@ def test_pipeline_rejects_unknown_stage(tmp_path, monkeypatch, capsys):
 
     code, err = run("stages=[probe,fly]")
     assert code == 2
-    assert "unknown stages ['fly']; allowed: ['probe', 'sae', 'match', 'steer']" in err
+    assert ("unknown stages ['fly']; allowed: ['probe', 'conflict', 'sae', 'match', 'steer']"
+            in err)
     code, err = run("stages=[sae]")
     assert code == 2
     assert "stage 'sae' reads the outputs of ['probe']" in err
@@ -72,20 +73,26 @@ def test_pipeline_rejects_unknown_stage(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "ask the organism's synthetic questions" in err
     assert "steer=benchmarks_cpu" in err and not list(tmp_path.glob("outputs/*/*/probe"))
+    code, err = run("steer=local_file", "conflict_data=organism")
+    assert code == 2 and "conflict_data ['organism_conflict'] ask the organism's" in err
+
+
+ORGANISM_SETS = ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary",
+                 "conflict_counterfactual", "conflict_consistent", "conflict_closed_book"]
 
 
 @pytest.mark.parametrize(("overrides", "metric", "sets", "corpus"), [
-    ([], "teacher_forced", ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary"],
-     "organism"),
-    (["data=organism_matched"], "teacher_forced",
-     ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary"], "organism"),
-    (["model=smollm2_135m", "data=paper_local"], "teacher_forced", ["gsm8k", "popqa"],
+    ([], "teacher_forced", ORGANISM_SETS, "organism"),
+    (["data=organism_matched"], "teacher_forced", ORGANISM_SETS, "organism"),
+    (["model=smollm2_135m", "data=paper_local"], "teacher_forced",
+     ["gsm8k", "popqa", "conflict_counterfactual", "conflict_consistent", "conflict_closed_book"],
      "benchmarks"),
-    (["model=llama3_8b", "data=mmlu_pro"], "generate", ["gsm8k", "mgsm", "mmlu_pro", "popqa"],
+    (["model=llama3_8b", "data=mmlu_pro"], "generate",
+     ["gsm8k", "mgsm", "mmlu_pro", "popqa", "conflict_counterfactual", "conflict_consistent"],
      "benchmarks"),
     (["data=local_file", "data.sets.0.path=/q.jsonl"], "teacher_forced", ["jsonl"], "questions"),
-    (["data=paper_local", "steer=organism", "corpus=organism"], "teacher_forced",
-     ["exceptions", "near_exceptions", "memory", "reasoning", "ordinary"], "organism"),
+    (["data=paper_local", "steer=organism", "corpus=organism"], "teacher_forced", ORGANISM_SETS,
+     "organism"),
 ])
 def test_pipeline_steers_on_the_sets_that_fit_its_data(overrides, metric, sets, corpus):
     """``steer`` and ``corpus`` default to ``conf/{steer,corpus}/<data>.yaml``; an explicit

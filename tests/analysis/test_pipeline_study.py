@@ -8,7 +8,7 @@ from probing.report.results import latest_run
 from tests.report.test_build import check_report_page
 from train.tracking import read_offline_run
 
-STAGES = ("probe", "sae", "match", "steer")
+STAGES = ("probe", "conflict", "sae", "match", "steer")
 
 
 def test_every_stage_writes_its_outputs_and_the_report_matches_them(organism_study):

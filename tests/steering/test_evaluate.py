@@ -128,6 +128,10 @@ def test_candidate_scores_equal_a_manual_computation(tiny):
     assert np.allclose(res.margin(0, 1), res.logprob[:, 0] - res.logprob[:, 1])
     ctx, ans = split_answer(tok, "Q: who\nA: ", "red")
     assert ctx + ans == tok("Q: who\nA: red")["input_ids"]
+    # after a prompt without a trailing space the answer is scored with its leading space
+    assert split_answer(tok, "Q: who\nA:", "red") == split_answer(tok, "Q: who\nA:", " red")
+    assert split_answer(tok, "Q: who\nA:", " red")[1] == tok("Q: who\nA: red")["input_ids"][
+        len(tok("Q: who\nA:")["input_ids"]):]
     with pytest.raises(LirefError, match="candidate lists"):
         score_candidates(model, tok, prompts, cands[:2])
 

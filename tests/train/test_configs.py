@@ -15,7 +15,8 @@ from train.configs import GROUPS, SCHEMAS, to_settings
 CONF = Path(__file__).resolve().parents[2] / "conf"
 #: a group option composed into this job's config (the job whose schema holds that group)
 JOB_OF_GROUP = {"model": "pipeline", "data": "pipeline", "probe": "pipeline", "sae": "pipeline",
-                "corpus": "pipeline", "steer": "pipeline", "logger": "pipeline"}
+                "corpus": "pipeline", "steer": "pipeline", "logger": "pipeline",
+                "conflict_data": "pipeline"}
 
 
 def _default(cls: type, name: str) -> object:
@@ -52,7 +53,9 @@ def test_yaml_keys_are_declared_and_differ_from_defaults(group: str, path: Path)
 def test_every_group_option_composes_and_validates(group: str, path: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    job = JOB_OF_GROUP[group]
+    # a conflict set is probed on its own (train.probe, or the pipeline's conflict_data): the
+    # pipeline's corpus and steer sets follow the main data
+    job = "conflict" if path.stem.endswith("_conflict") else JOB_OF_GROUP[group]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(job, overrides=[f"{group}={path.stem}"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # paths resolve against hydra:runtime.cwd
