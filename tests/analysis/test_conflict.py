@@ -53,3 +53,50 @@ def test_conflict_sets_are_steered_with_the_knob_on_held_out_facts(organism_stud
     assert steered and not steered & fitted
     report = (run / "report.md").read_text()
     assert "## Knowledge conflicts" in report and "conflict sets under steering" in report
+
+
+def test_conflict_job_on_a_tiny_model_and_a_popqa_file(tmp_path, monkeypatch, capsys):
+    """``analysis.conflict`` end to end on a tiny random model, a PopQA-like file and the
+    steering job on its sets, with greedy answers stood in for (a random model knows nothing)."""
+    import probing.conflicts.build as build
+    from tests.conflicts.test_build import FakeAnswers
+    from tests.job_fixtures import run_main_in_process, write_questions
+    from tests.tiny_models import save_tiny_model
+
+    rows = [{"question": f"In what country is Town{i}?", "prop": "country",
+             "possible_answers": [f"Land{i % 8}"]} for i in range(60)]
+    popqa = tmp_path / "popqa.jsonl"
+    popqa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(build, "_generate", FakeAnswers(rows))
+    model = save_tiny_model("llama", tmp_path / "model")
+    questions = write_questions(tmp_path / "q.jsonl", n_per_label=12)
+    common = ["model=local", f"model.name={model}", "data=local_file",
+              f"data.sets.0.path={questions}", "logger=disabled", "eval.n_resamples=50"]
+    code, err = run_main_in_process("train.probe", [*common, "hydra.run.dir=probe"], tmp_path,
+                                    monkeypatch, capsys)
+    assert code == 0, err
+    code, err = run_main_in_process(
+        "analysis.conflict", [*common, f"conflict_data.sets.0.path={popqa}", "probe_dir=probe",
+                              "n_permutations=50", "hydra.run.dir=conflict"],
+        tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "conflict" / "metrics.json").read_text())
+    assert m["counts/known"] == 30 and m["n_context"] + m["n_memory"] == 20
+    assert "transfer/local_file/auroc" in m and "knob/local_file/cosine" in m
+    code, err = run_main_in_process(
+        "analysis.steer", [*common[:2], "logger=disabled", "probe_dir=probe",
+                           "conflict_dir=conflict",
+                           "steer=benchmarks_cpu", f"steer.root={tmp_path}",
+                           "steer.sets=[{set: cf, name: popqa_conflict, path: " + str(popqa)
+                           + ", kinds: [counterfactual], contrast: [context_answer, "
+                           "memory_answer], rates: {context: context_answer}}]",
+                           "steering.strengths.add=[1.0]", "steering.n_resamples=50",
+                           "hydra.run.dir=steer"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    steered = json.loads((tmp_path / "steer" / "results.json").read_text())
+    assert {r["condition"] for r in steered} >= {"direction", "conflict", "negated_conflict"}
+    # the facts the knob was fitted on are left out of the steering set
+    split = json.loads((tmp_path / "conflict" / "split.json").read_text())
+    fitted = {fact_group(i) for i in split["train"] + split["val"]}
+    items = json.loads((tmp_path / "steer" / "items.json").read_text())
+    assert not {fact_group(i) for i in items["cf/teacher_forced"]["item_ids"]} & fitted

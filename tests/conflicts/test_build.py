@@ -39,8 +39,9 @@ class FakeAnswers:
     counterfactual statement the statement's object, the gold or neither, in turn; after a
     consistent statement the gold. Counts its calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: list[dict] | None = None) -> None:
         self.calls = 0
+        self.gold = {r["question"]: r["possible_answers"][0] for r in rows or ROWS}
 
     def __call__(self, model, tokenizer, prompts, template, cfg):  # noqa: ANN001, ANN204
         self.calls += 1
@@ -49,13 +50,12 @@ class FakeAnswers:
             body = p.split("Q: ", 1)[1].split("\n", 1)[0]
             if body.count("?") == 1 and body.startswith(("In what", "What is")):
                 i = int("".join(c for c in body.split("?")[0] if c.isdigit()))
-                gold = next(r["possible_answers"][0] for r in ROWS if r["question"] == body)
+                gold = self.gold[body]
                 out.append(f" {gold} is the answer" if i % 2 == 0 else " no idea")
             else:
-                stated = body.split(" is ")[-2].split(" ")[-1].rstrip(".") if " is in " in body \
-                    else body.split(" is ")[1].split(".")[0]
-                q = body[body.index(". ") + 2:]
-                gold = next(r["possible_answers"][0] for r in ROWS if r["question"] == q)
+                statement, q = body.split(". ", 1)
+                stated = statement.split(" ")[-1]  # "Town0 is in Land3" -> Land3
+                gold = self.gold[q]
                 turn = k % 3
                 out.append(f" {stated}" if turn == 0 else f" {gold}" if turn == 1 else " hmm")
         return out
