@@ -18,7 +18,7 @@ CONF = REPO / "conf"
 JOB_CONFIGS = {
     "analysis.pipeline": "pipeline", "train.probe": "probe", "train.sae": "sae",
     "train.extract": "extract", "train.organism": "organism", "analysis.match": "match",
-    "analysis.steer": "steer", "analysis.report": "report",
+    "analysis.steer": "steer", "analysis.report": "report", "analysis.conflict": "conflict",
 }
 JOB_COMMAND = re.compile(r"python -m ((?:train|analysis)\.\w+)(.*)")
 #: `<probe run>`-style placeholders and `=...` values become a dummy value

@@ -100,13 +100,11 @@ def _facts(name: str, path: str | None, split: str | None, cfg: ConflictConfig) 
 
         facts, skipped = organism_facts(path), {}
     elif name == "popqa_conflict":
-        from probing.questions._io import hub_or_file_rows, require_columns
+        from probing.questions._io import hub_or_file_rows, parse_answers, require_columns
         from probing.questions.popqa import DEFAULT_SPLIT, HUB_NAME
 
         rows = hub_or_file_rows(HUB_NAME, None, path, split or DEFAULT_SPLIT)
         require_columns(rows, ["question", "prop", "possible_answers"])
-        from probing.questions._io import parse_answers
-
         data = [{**r.data, "possible_answers": parse_answers(r.data["possible_answers"], r.where)}
                 for r in rows]
         facts, skipped = facts_from_rows(data, relation_templates(cfg.relations))

@@ -71,28 +71,39 @@ def _readout(st: Any) -> list[Block]:
 
 
 def _steering(steer: Any) -> list[Block]:
-    m = steer.metrics
-    rows = []
-    for set_, what in CONFLICT_SETS:
-        base = f"{set_}/teacher_forced"
-        rates = sorted({k.split("/")[-1] for k in m if k.startswith(f"{base}/unsteered/rate_")
-                        or k == f"{base}/unsteered/margin"})
-        for rate in rates:
-            cells: list[Cell | str] = [what, rate.removeprefix("rate_"),
-                                       steer.cell(f"{base}/unsteered/{rate}")]
-            for intervention, cond, _ in _CONDITIONS:
-                cells.append(steer.ci(f"{base}/{intervention}/{cond}/{rate}_diff"))
-            rows.append(cells)
+    rows: list[list[Cell | str]] = []
+    for metric in ("teacher_forced", "generate"):
+        for set_, what in CONFLICT_SETS:
+            rows += _steering_rows(steer, f"{set_}/{metric}", what,
+                                   "teacher-forced" if metric == "teacher_forced" else
+                                   "generated")
     if not rows:
         return []
-    return [Block("p", "Steering at the headline strength on held-out facts (teacher-forced: a "
-                       "rate is the share of items whose answer is the greedy continuation; "
-                       "margin = log P(context) - log P(memory)). If the LiReF carries the "
+    return [Block("p", "Steering at the headline strength on held-out facts. Teacher-forced: a "
+                       "rate is the share of items whose answer is the greedy continuation "
+                       "(every token the argmax), margin = log P(context) - log P(memory); "
+                       "generated: the greedy completion of a sample gives that answer (any "
+                       "alias, whole words). If the LiReF carries the "
                        "paper's mode, +LiReF raises the context rate on counterfactual items "
                        "and -LiReF the memory rate, while consistent items stay right. "
                        "Difference from the unsteered run, paired 95% bootstrap interval."),
             Block("table", "conflict sets under steering",
-                  ["items", "score", "unsteered", *[c[2] for c in _CONDITIONS]], rows)]
+                  ["items", "scored", "score", "unsteered", *[c[2] for c in _CONDITIONS]], rows)]
+
+
+def _steering_rows(steer: Any, base: str, what: str, scored: str) -> list[list[Cell | str]]:
+    m = steer.metrics
+    scores = sorted({k.split("/")[-1] for k in m if k.startswith(f"{base}/unsteered/rate_")
+                     or k == f"{base}/unsteered/margin"})
+    rows = []
+    for score in scores:
+        cells: list[Cell | str] = [what, scored, score.removeprefix("rate_"),
+                                   steer.cell(f"{base}/unsteered/{score}")]
+        for intervention, cond, _ in _CONDITIONS:
+            key = f"{base}/{intervention}/{cond}/{score}_diff"
+            cells.append(steer.ci(key) if key in m else Cell("n/a"))
+        rows.append(cells)
+    return rows
 
 
 def conflict_blocks(st: Any, steer: Any | None, heading: str) -> list[Block]:
