@@ -32,14 +32,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def model_fingerprint(model: Any) -> str:
-    """A cheap hash of a loaded model: its full config plus the first 4096 values of a few
-    weights, so a model retrained or edited in place under the same name gets a new key."""
+    """A cheap hash of a loaded model: its full config (without the folder it was loaded from)
+    plus the first 4096 values of a few weights, so a model retrained or edited in place under
+    the same name gets a new key, and the same weights copied elsewhere keep theirs."""
     import torch
 
     h = hashlib.sha256()
     cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "to_json_string"):
-        h.update(cfg.to_json_string(use_diff=False).encode("utf-8"))
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        config = {k: v for k, v in cfg.to_dict().items()
+                  if k not in ("_name_or_path", "liref_name")}  # where it was loaded from
+        h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
     params = list(model.named_parameters())
     picks = params[:2] + params[len(params) // 2 : len(params) // 2 + 1] + params[-2:]
     for name, p in picks:
