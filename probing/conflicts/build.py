@@ -13,7 +13,8 @@ answers when a statement before the question contradicts them.
    substitute and not the gold, ``memory`` when the gold and not the substitute, ``other``
    otherwise (label: ``reasoning`` for context, ``memory`` for the rest); and the teacher-forced
    ``margin`` = log P(context answer) - log P(memory answer) after the same prompt, the number the
-   steering stage reads with ``contrast: [context_answer, memory_answer]``.
+   steering stage reads with ``contrast: [context_answer, memory_answer]``. The consistent and
+   closed-book items are not asked here: the steering stage scores them.
 
 The built set is one JSON file naming the model fingerprint it was built for; loading it for
 another model is refused (``load_conflict_set``).
@@ -63,7 +64,7 @@ __all__ = [
 CONFLICT_SETS: tuple[str, ...] = ("popqa_conflict", "organism_conflict")
 KINDS: tuple[str, ...] = ("counterfactual", "consistent", "closed_book")
 BEHAVIOURS: tuple[str, ...] = ("context", "memory", "other")
-FORMAT = 2  # raised whenever the way a set is built changes (old files are rebuilt)
+FORMAT = 3  # raised whenever the way a set is built changes (old files are rebuilt)
 
 
 def _default_relations() -> dict[str, Any]:
@@ -195,9 +196,9 @@ def build_conflict_set(model: Any, tokenizer: Any, name: str, path: str | None,
     cf_text = [f"{f.state(f.substitute)} {f.question}" for f, _ in known]
     cf_prompts = format_prompts(cf_text, template, tokenizer)
     cons_text = [f"{f.state(a)} {f.question}" for f, a in known]
-    texts = _generate(model, tokenizer, cf_prompts + format_prompts(cons_text, template,
-                                                                     tokenizer), template, cfg)
-    cf_out, cons_out = texts[: len(known)], texts[len(known):]
+    log.info("conflict set %s: %d facts known closed-book; generating after a counterfactual "
+             "statement", name, len(known))
+    cf_out = _generate(model, tokenizer, cf_prompts, template, cfg)
     margins = score_candidates(model, tokenizer, cf_prompts,
                                [[f.substitute, a] for f, a in known], cfg.batch_size,
                                not template.chat).margin()
@@ -209,21 +210,17 @@ def build_conflict_set(model: Any, tokenizer: Any, name: str, path: str | None,
         counts.setdefault(f.relation, Counter())["questions"] += 1
     for i, (f, memory) in enumerate(known):
         behaviour = _behaviour(cf_out[i], f)
-        consistent_right = known_answer(cons_out[i], f.aliases) is not None
-        c = counts[f.relation]
-        c.update({"known": 1, behaviour: 1, "consistent_right": int(consistent_right)})
+        counts[f.relation].update({"known": 1, behaviour: 1})
         items.append(_item(name, "counterfactual", f, cf_text[i], memory,
                            "reasoning" if behaviour == "context" else "memory",
                            context_answer=f.substitute, context_aliases=list(f.substitute_aliases),
                            behaviour=behaviour, margin=float(margins[i]),
                            completion=cf_out[i]))
         items.append(_item(name, "consistent", f, cons_text[i], memory, "reasoning",
-                           context_answer=memory, behaviour="memory" if consistent_right
-                           else "other", completion=cons_out[i]))
+                           context_answer=memory))
         items.append(_item(name, "closed_book", f, f.question, memory, "memory",
                            completion=completions[f.id]))
-    by_relation = {r: {k: int(c.get(k, 0)) for k in ("questions", "known", *BEHAVIOURS,
-                                                       "consistent_right")}
+    by_relation = {r: {k: int(c.get(k, 0)) for k in ("questions", "known", *BEHAVIOURS)}
                    for r, c in sorted(counts.items())}
     total = {k: sum(v[k] for v in by_relation.values()) for k in next(iter(by_relation.values()))}
     log.info("conflict set %s: %d facts, %d known closed-book; counterfactual answers: %d "
@@ -268,7 +265,8 @@ def load_conflict_set(path: str | None = None, split: str | None = None,
                       behaviours: Sequence[str] | None = None,
                       relations: Sequence[str] | None = None, **options: Any) -> list[Question]:
     """The items of a built conflict set (``built``: its file, from ``ensure_conflict_set``),
-    filtered by ``kinds``, ``behaviours`` (counterfactual items) and ``relations``.
+    filtered by ``kinds``, ``behaviours`` (of the counterfactual items; the consistent and
+    closed-book ones are answered in the steering stage) and ``relations``.
 
     ``model_fingerprint``: the model the job runs; a set built for another model is refused.
     The liref jobs fill ``built`` and ``model_fingerprint`` from the job's model."""
@@ -295,7 +293,8 @@ def load_conflict_set(path: str | None = None, split: str | None = None,
             continue
         if relations is not None and q.meta["relation"] not in relations:
             continue
-        if behaviours is not None and q.meta["behaviour"] not in behaviours:
+        if (behaviours is not None and q.meta["kind"] == "counterfactual"
+                and q.meta["behaviour"] not in behaviours):
             continue
         out.append(q)
     return out

@@ -25,14 +25,14 @@ def _counts(st: Any) -> list[Block]:
     counts = summary.get("counts") or {}
     if not counts:
         return []
-    keys = ("questions", "known", "context", "memory", "other", "consistent_right")
+    keys = ("questions", "known", "context", "memory", "other")
     rows = [[rel, *[str(c.get(k, 0)) for k in keys]] for rel, c in counts.items()]
     total = summary.get("total") or {}
     rows.append(["**all**", *[str(total.get(k, 0)) for k in keys]])
     return [Block("table", "facts per relation: asked closed-book, known, and what the model "
                            "answered after a counterfactual statement",
                   ["relation", "questions", "known closed-book", "context answer",
-                   "memory answer", "other", "consistent statement: right"], rows)]
+                   "memory answer", "other"], rows)]
 
 
 def _readout(st: Any) -> list[Block]:

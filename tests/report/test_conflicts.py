@@ -29,11 +29,10 @@ def test_conflict_section_shows_counts_readout_transfer_knob_and_steering(tmp_pa
     _write(conflict, "per_layer.json", [{"layer": 0, "auroc": 0.65}, {"layer": 1, "auroc": 0.71}])
     _write(conflict, "conflict.json", {
         "counts": {"country": {"questions": 80, "known": 30, "context": 15, "memory": 8,
-                               "other": 7, "consistent_right": 20},
+                               "other": 7},
                    "capital": {"questions": 40, "known": 20, "context": 5, "memory": 7,
-                               "other": 8, "consistent_right": 12}},
-        "total": {"questions": 120, "known": 50, "context": 20, "memory": 15, "other": 15,
-                  "consistent_right": 32},
+                               "other": 8}},
+        "total": {"questions": 120, "known": 50, "context": 20, "memory": 15, "other": 15},
         "probed": {"context": 20, "memory": 15},
         "transfer": {"mmlu": [{"layer": 0, "auroc": 0.5, "auroc_ci_low": 0.4,
                                "auroc_ci_high": 0.6},
@@ -53,8 +52,8 @@ def test_conflict_section_shows_counts_readout_transfer_knob_and_steering(tmp_pa
     md, _ = build_report(run)
     text = md.read_text()
     section = text[text.index("## Knowledge conflicts"):]
-    assert "| country | 80 | 30 | 15 | 8 | 7 | 20 |" in section
-    assert "| **all** | 120 | 50 | 20 | 15 | 15 | 32 |" in section
+    assert "| country | 80 | 30 | 15 | 8 | 7 |" in section
+    assert "| **all** | 120 | 50 | 20 | 15 | 15 |" in section
     assert "0.710 [0.600, 0.800]" in section and "0.770 [0.650, 0.880]" in section
     assert "-0.017 (null -0.220..0.240, p 0.900)" in section
     assert "| counterfactual statement | generated | memory | 0.050 |" in section
