@@ -86,7 +86,9 @@ def _check_study_config(cfg) -> None:
 
     assert cfg.model.name == "smollm2-135m" and cfg.model.n_layers == 30
     assert cfg.data.name == "paper_local" and cfg.corpus.source == "benchmarks"
-    assert cfg.stages == ["probe", "sae"]
+    assert cfg.stages == ["probe", "conflict"]
+    (conflict,) = plain(cfg.conflict_data.sets)
+    assert conflict["name"] == "popqa_conflict" and Path(conflict["path"]).is_file()
     main = load_questions(plain(cfg.data.sets), cfg.data.n, cfg.seed)
     assert {q.source for q in main} == {"mmlu_pro"}
     assert {q.meta["label_source"] for q in main} == {"category"}  # the documented fallback
