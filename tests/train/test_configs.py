@@ -55,7 +55,7 @@ def test_every_group_option_composes_and_validates(group: str, path: Path) -> No
 
     # a conflict set is probed on its own (train.probe, or the pipeline's conflict_data): the
     # pipeline's corpus and steer sets follow the main data
-    job = "conflict" if path.stem.endswith("_conflict") else JOB_OF_GROUP[group]
+    job = "probe" if path.stem.endswith("_conflict") else JOB_OF_GROUP[group]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(job, overrides=[f"{group}={path.stem}"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # paths resolve against hydra:runtime.cwd
