@@ -17,7 +17,15 @@ from omegaconf import DictConfig
 
 from probing.conflicts.run import references, run_conflict_stage
 from probing.model.loading import describe_model
-from train.jobkit import CONFIG_PATH, JobContext, built_sets, plain, question_activations, run_job
+from train.jobkit import (
+    CONFIG_PATH,
+    JobContext,
+    built_sets,
+    plain,
+    probe_settings,
+    question_activations,
+    run_job,
+)
 from train.stage_logs import log_conflict
 
 
@@ -31,10 +39,7 @@ def conflict(ctx: JobContext) -> dict[str, Any]:
               for t in plain(cfg.data.transfer) or []} if cfg.get("probe_dir") else {}
     refs = references(cfg.get("probe_dir"), str(cfg.data.name or "probe"), others)
     readout = run_conflict_stage(
-        data, sets[0]["built"], refs, ctx.run_dir, int(cfg.n_permutations),
-        kind=cfg.probe.kind, params=plain(cfg.probe.params), val_size=cfg.eval.val_size,
-        test_size=cfg.eval.test_size, k_folds=cfg.eval.k_folds, seed=cfg.seed,
-        select_by=cfg.eval.select_by, n_resamples=cfg.eval.n_resamples,
+        data, sets[0]["built"], refs, ctx.run_dir, int(cfg.n_permutations), **probe_settings(cfg),
         metadata={**describe_model(model), "data": cfg.conflict_data.name})
     log_conflict(ctx, readout)
     return readout.metrics

@@ -197,6 +197,15 @@ def question_activations(cfg: DictConfig, model: Any, tokenizer: Any, sets: list
                       cfg.batch_size, template, controls=controls)
 
 
+def probe_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The ``run_probe_stage`` settings of a job: probe kind and parameters, the ``eval`` split,
+    layer choice and bootstrap, and the seed."""
+    return {"kind": cfg.probe.kind, "params": plain(cfg.probe.params),
+            "val_size": cfg.eval.val_size, "test_size": cfg.eval.test_size,
+            "k_folds": cfg.eval.k_folds, "seed": cfg.seed, "select_by": cfg.eval.select_by,
+            "n_resamples": cfg.eval.n_resamples}
+
+
 def conflict_settings(cfg: DictConfig) -> Any:
     """The job's ``conflict:`` section as a ``ConflictConfig``."""
     from probing.conflicts.build import ConflictConfig

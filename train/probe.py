@@ -9,7 +9,14 @@ from omegaconf import DictConfig
 
 from probing.model.loading import describe_model
 from probing.probes.run import run_probe_stage
-from train.jobkit import CONFIG_PATH, JobContext, plain, question_activations, run_job
+from train.jobkit import (
+    CONFIG_PATH,
+    JobContext,
+    plain,
+    probe_settings,
+    question_activations,
+    run_job,
+)
 from train.stage_logs import log_probe_report
 
 log = logging.getLogger("liref.probe")
@@ -22,11 +29,9 @@ def probe(ctx: JobContext) -> dict:
     transfer = {str(t["name"]): question_activations(cfg, model, tokenizer, t["sets"])
                 for t in plain(cfg.data.transfer) or []}
     report = run_probe_stage(
-        data, ctx.run_dir, kind=cfg.probe.kind, params=plain(cfg.probe.params),
-        val_size=cfg.eval.val_size, test_size=cfg.eval.test_size, k_folds=cfg.eval.k_folds,
-        seed=cfg.seed, select_by=cfg.eval.select_by,
-        metadata={**describe_model(model), "data": cfg.data.name}, transfer=transfer,
-        n_resamples=cfg.eval.n_resamples, classes=plain(cfg.data.get("classes")))
+        data, ctx.run_dir, **probe_settings(cfg), transfer=transfer,
+        metadata={**describe_model(model), "data": cfg.data.name},
+        classes=plain(cfg.data.get("classes")))
     log_probe_report(ctx, report)
     return report.metrics
 

@@ -31,6 +31,7 @@ from probing.conflicts.readout import direction_aurocs, knob_cosines
 from probing.errors import LirefError
 from probing.io import write_json
 from probing.probes.data import ProbeData
+from probing.probes.plots import CONTROL_LINES
 from probing.probes.run import run_probe_stage
 from probing.stats import auroc_with_ci
 
@@ -76,8 +77,7 @@ def _plot(rows: Sequence[Mapping[str, Any]], transfer: Mapping[str, list[dict[st
                    label="own probe (held-out test)")[0]
     ax.fill_between(layers, [r["auroc_ci_low"] for r in rows],
                     [r["auroc_ci_high"] for r in rows], color=line.get_color(), alpha=0.2, lw=0)
-    for key, label, colour in (("control/bow_auroc", "bag-of-words", "tab:grey"),
-                               ("control/embedding_auroc", "embedding", "tab:brown")):
+    for key, label, colour in CONTROL_LINES:
         if rows[0].get(key) is not None:
             ax.axhline(rows[0][key], color=colour, lw=1.2, ls="-.",
                        label=f"{label} {rows[0][key]:.2f}")
