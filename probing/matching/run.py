@@ -7,7 +7,8 @@
 - ``latents.json`` / ``latents.csv``: one row per latent, sorted by ``rank_by`` (see
   ``LATENT_COLUMNS``); ``match.json`` (provenance, read by ``load_match``);
 - ``reconstruction.json`` (OMP curve and its controls), ``nulls.json``, ``gap.json``,
-  ``sparse_probes.json``, ``injection.json``, ``top_examples.json``, ``split.json``;
+  ``sparse_probes.json`` (``last_token``: liref's rows; ``saebench``: SAEBench's protocol, or
+  null when off), ``injection.json``, ``top_examples.json``, ``split.json``;
 - plots: ``cosine_hist.png``, ``reconstruction.png``, ``sparse_probes.png``,
   ``top_latents_hist.png``.
 
@@ -84,10 +85,21 @@ class ReconstructionSettings:
 
 @dataclass
 class SparseProbeSettings:
-    """k values of the sparse probes and the logistic regression's ``C``."""
+    """k values of liref's last-token sparse probes and the logistic regression's ``C``;
+    ``saebench``: also the SAEBench-protocol probes (mean-pooled, ``saebench_ks``;
+    ``probing.matching.sparse_probes.saebench_sparse_probes``)."""
 
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
     C: float = 1.0
+    saebench: bool = True
+    saebench_ks: list[int] = field(default_factory=lambda: [1, 2, 5])
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "saebench_ks"):
+            ks = list(getattr(self, name))
+            if not ks or any(int(k) < 1 for k in ks):
+                raise LirefError(f"sparse_probes.{name} must be a non-empty list of k >= 1, "
+                                 f"got {ks}")
 
 
 @dataclass
@@ -175,6 +187,7 @@ class MatchResult:
     info: dict[str, Any]
     sparse_probes: list[dict[str, Any]] = field(default_factory=list)
     injection: list[dict[str, Any]] = field(default_factory=list)
+    saebench: dict[str, Any] | None = None
 
 
 def grouped_train_test(questions: Sequence[Question], test_size: float, seed: int,
@@ -347,7 +360,11 @@ def run_matching(
         token_stats,
         top_examples,
     )
-    from probing.matching.sparse_probes import sparse_probe_table
+    from probing.matching.sparse_probes import (
+        saebench_pool_exclude,
+        saebench_sparse_probes,
+        sparse_probe_table,
+    )
     from probing.questions.prompts import PromptTemplate, format_prompts
 
     s = settings or MatchSettings()
@@ -369,8 +386,10 @@ def run_matching(
     r_hat = unit_direction(direction, int(sae.cfg.d_in))
     log.info("encoding %d prompts at layer %d (%s position) with the SAE (%d latents)",
              len(prompts), layer, inputs.position, inputs.d_sae)
+    pool_exclude = saebench_pool_exclude(tokenizer) if s.sparse_probes.saebench else None
     acts = encode_questions(model, tokenizer, sae, prompts, layer, inputs.position, direction,
-                            s.batch_size, add_special, progress=progress)
+                            s.batch_size, add_special, pool_exclude=pool_exclude,
+                            progress=progress)
     from probing.probes.directions import diff_in_means
 
     agreement = float(diff_in_means(acts.x, y).double() @ r_hat
@@ -456,10 +475,14 @@ def run_matching(
     write_json(out / "gap.json", {"train": gap_json(gap_tr), "test": gap_json(gap_te)})
     files["gap"] = out / "gap.json"
 
-    # sparse probes (held-out)
+    # sparse probes (held-out): liref's last-token variant and SAEBench's protocol
     sp_rows = sparse_probe_table(f, acts.x, y, train, test, prompts, direction,
                                  s.sparse_probes.ks, s.sparse_probes.C, s.n_resamples, s.seed)
-    write_json(out / "sparse_probes.json", sp_rows)
+    saebench = None
+    if acts.f_mean is not None and acts.x_mean is not None:
+        saebench = saebench_sparse_probes(acts.f_mean, acts.x_mean, y, train, test,
+                                          s.sparse_probes.saebench_ks, s.n_resamples, s.seed)
+    write_json(out / "sparse_probes.json", {"last_token": sp_rows, "saebench": saebench})
     files["sparse_probes"] = out / "sparse_probes.json"
     write_json(out / "injection.json", inj_rows)
     files["injection"] = out / "injection.json"
@@ -504,11 +527,12 @@ def run_matching(
     files["match"] = out / MATCH_FILENAME
 
     metrics = _metrics(rows, null_summary, recon, sp_rows, inj_rows, gap_tr, gap_te, s)
+    metrics.update(_saebench_metrics(saebench))
     metrics.update({"direction_agreement": agreement, "n_questions": len(questions),
                     "n_train": len(train), "n_test": len(test), "n_tokens": tok.n_tokens,
                     "layer": layer, "d_sae": d_sae})
     return MatchResult(rows=rows, metrics=metrics, files=files, info=info,
-                       sparse_probes=sp_rows, injection=inj_rows)
+                       sparse_probes=sp_rows, injection=inj_rows, saebench=saebench)
 
 
 def _injection(model: Any, tokenizer: Any, sae: Any, acts: Any, questions: Sequence[Question],
@@ -594,7 +618,7 @@ def _metrics(rows: list[dict[str, Any]], nulls: dict[str, Any], recon: dict[str,
         if r["k"] is None:
             m[f"{r['kind']}_auroc"] = r["auroc"]
             m[f"{r['kind']}_accuracy"] = r["accuracy"]
-        elif r["k"] in (1, 5, 20):
+        elif r["k"] in (1, 2, 5, 20):
             m[f"sparse_{r['kind']}_auroc_k{r['k']}"] = r["auroc"]
     m["gap"] = gap_tr["gap"]
     m["gap_error_share"] = gap_tr["error_term"] / gap_tr["gap"] if gap_tr["gap"] else float("nan")
@@ -615,4 +639,19 @@ def _metrics(rows: list[dict[str, Any]], nulls: dict[str, Any], recon: dict[str,
     if liref is not None:
         m["liref_injection_d"] = liref["d"]
         m["liref_injection_d_random"] = liref["d_random"]
+    return m
+
+
+def _saebench_metrics(block: dict[str, Any] | None) -> dict[str, float]:
+    """``sparse_probe/saebench/<latents|neurons>_k<k>_<accuracy|auroc|balanced_accuracy>``,
+    with ``_ci_low`` / ``_ci_high`` for accuracy and AUROC (none when ``block`` is None)."""
+    m: dict[str, float] = {}
+    for kind in ("latents", "neurons"):
+        for r in (block or {}).get(kind, []):
+            key = f"sparse_probe/saebench/{kind}_k{r['k']}"
+            m[f"{key}_balanced_accuracy"] = r["balanced_accuracy"]
+            for name in ("accuracy", "auroc"):
+                m[f"{key}_{name}"] = r[name]
+                m[f"{key}_{name}_ci_low"] = r[f"{name}_lo"]
+                m[f"{key}_{name}_ci_high"] = r[f"{name}_hi"]
     return m

@@ -123,6 +123,8 @@ class LatentActivations:
     tokens: TokenLatents
     position: str
     layer: int
+    x_mean: torch.Tensor | None = None  # [N, d] residual mean-pooled over pooled tokens
+    f_mean: torch.Tensor | None = None  # [N, d_sae] latents mean-pooled over pooled tokens
 
     def readout(self, latents: Sequence[int], how: str) -> torch.Tensor:
         """``[N, len(latents)]``: each latent per prompt, at the probe ``position`` or the
@@ -153,6 +155,7 @@ def encode_questions(
     batch_size: int = 16,
     add_special_tokens: bool = True,
     drop_bos: bool = True,
+    pool_exclude: Sequence[int] | None = None,
     progress: bool = True,
 ) -> LatentActivations:
     """One forward pass per batch of prompts; SAE latents at the prompt and token level.
@@ -163,6 +166,10 @@ def encode_questions(
         direction: ``[d]`` LiReF (any norm); each token's projection on its unit vector is kept.
         drop_bos: leave BOS out of the token table (its residual is atypical; SAE training
             dropped it too).
+        pool_exclude: when given, also ``x_mean`` / ``f_mean``: the residual and its latents
+            (each token encoded, then averaged) mean-pooled over the prompt's non-padding
+            tokens whose id is not in ``pool_exclude`` (SAEBench's pooling; a prompt left
+            without tokens gets zeros). Pooled on the fly: no ``[N, T, d_sae]`` is kept.
 
     Returns:
         ``LatentActivations`` (prompt-level tensors in prompt order).
@@ -183,6 +190,9 @@ def encode_questions(
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("prompt", "pos", "token", "rows",
                                                              "cols", "vals", "proj")}
     offset = 0
+    pooled_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    exclude = torch.tensor(sorted({int(i) for i in pool_exclude}) if pool_exclude else [],
+                           dtype=torch.long)
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc="SAE latents", disable=not progress or len(starts) < 8):
         idx = order[s:s + batch_size]
@@ -204,16 +214,31 @@ def encode_questions(
         parts["vals"].append(lat[nz[:, 0], nz[:, 1]])
         if r_hat is not None:
             parts["proj"].append((acts.double() @ r_hat.to(acts.device)).cpu())
+        if pool_exclude is not None:
+            if pooled_sums is None:
+                pooled_sums = (torch.zeros((len(ids), acts.shape[1]), dtype=torch.float64),
+                               torch.zeros((len(ids), lat.shape[1])),  # float32: [N, d_sae]
+                               torch.zeros(len(ids), dtype=torch.float64))
+            use = ~torch.isin(input_ids[keep], exclude)  # [n], aligned with acts / lat
+            who = torch.tensor(idx, dtype=torch.long)[where[:, 0][use]]
+            pooled_sums[0].index_add_(0, who, acts[use.to(acts.device)].double().cpu())
+            pooled_sums[1].index_add_(0, who, lat[use])
+            pooled_sums[2].index_add_(0, who, torch.ones(len(who), dtype=torch.float64))
         offset += acts.shape[0]
     x = torch.stack([x_parts[i] for i in range(len(ids))])
     f = sae_encode(sae, x)
+    x_mean = f_mean = None
+    if pooled_sums is not None:
+        count = pooled_sums[2].clamp_min(1.0).unsqueeze(1)
+        x_mean = (pooled_sums[0] / count).float()
+        f_mean = pooled_sums[1] / count.float()
     tokens = TokenLatents(
         prompt=torch.cat(parts["prompt"]), pos=torch.cat(parts["pos"]),
         token=torch.cat(parts["token"]), rows=torch.cat(parts["rows"]),
         cols=torch.cat(parts["cols"]), vals=torch.cat(parts["vals"]), d_sae=int(f.shape[1]),
         proj=torch.cat(parts["proj"]) if parts["proj"] else None)
     return LatentActivations(prompts=list(prompts), token_ids=ids, x=x, f=f, tokens=tokens,
-                             position=position, layer=layer)
+                             position=position, layer=layer, x_mean=x_mean, f_mean=f_mean)
 
 
 @torch.no_grad()

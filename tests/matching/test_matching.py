@@ -48,7 +48,12 @@ from probing.matching.scores import (
     token_stats,
     top_examples,
 )
-from probing.matching.sparse_probes import select_by_mean_diff, sparse_probe_table
+from probing.matching.sparse_probes import (
+    saebench_pool_exclude,
+    saebench_sparse_probes,
+    select_by_mean_diff,
+    sparse_probe_table,
+)
 from probing.stats import auroc, cohens_d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -294,16 +299,69 @@ def test_sparse_probes_find_the_planted_latent():
     assert bow["auroc"] == 1.0  # the texts name the class: the control catches it
 
 
+def test_saebench_probes_select_on_the_training_part_only():
+    g = np.random.default_rng(2)
+    n = 120
+    y = np.array([0, 1] * (n // 2))
+    train, test = np.arange(0, 80), np.arange(80, 120)
+    latents = np.abs(g.normal(size=(n, 30))) * 0.3
+    latents[:, 11] += y * 2.0  # informative everywhere
+    latents[test, 4] += y[test] * 10.0  # held-out part only: the largest gap on all items
+    assert select_by_mean_diff(latents, y, 1).tolist() == [4]
+    neurons = g.normal(size=(n, 8))
+    neurons[train, 6] += y[train] * 4.0  # informative on the training part only
+    out = saebench_sparse_probes(torch.from_numpy(latents).float(), neurons, y, train, test,
+                                 ks=(1, 2, 5, 50), n_resamples=200)
+    lat, neu = out["latents"], out["neurons"]
+    assert [r["k"] for r in lat] == [1, 2, 5] and [r["k"] for r in neu] == [1, 2, 5]
+    assert lat[0]["selected"] == [11]  # chosen on the training part
+    assert lat[0]["accuracy"] > 0.95 and lat[0]["auroc"] > 0.95
+    assert lat[0]["accuracy_lo"] <= lat[0]["accuracy"] <= lat[0]["accuracy_hi"]
+    assert neu[0]["selected"] == [6] and neu[0]["auroc"] < 0.8  # chosen on train, useless on test
+    assert out["protocol"]["ks"] == [1, 2, 5, 50] and "LogisticRegression" in \
+        out["protocol"]["estimator"]
+    with pytest.raises(LirefError, match="no usable k"):
+        saebench_sparse_probes(latents, neurons, y, train, test, ks=(50,))
+
+
+def test_mean_pooling_ignores_padding_bos_and_eos(tiny_llama):
+    from probing.model.hooks import forward_residual
+
+    model, tok = tiny_llama
+    g = torch.Generator().manual_seed(0)
+    sae = make_sae(torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=1))
+    prompts = ["<s>Q: what is the capital city of the blue sum ?\nA: ", "<s>Q: who\nA: </s>"]
+    exclude = saebench_pool_exclude(tok)
+    assert exclude == sorted({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id})
+    both = encode_questions(model, tok, sae, prompts, 1, batch_size=2, pool_exclude=exclude,
+                            progress=False)
+    assert both.x_mean.shape == (2, 32) and both.f_mean.shape == (2, 16)
+    for i, prompt in enumerate(prompts):  # alone: no padding
+        one = encode_questions(model, tok, sae, [prompt], 1, pool_exclude=exclude,
+                               progress=False)
+        assert torch.allclose(both.x_mean[i], one.x_mean[0], atol=1e-5)
+        assert torch.allclose(both.f_mean[i], one.f_mean[0], atol=1e-5)
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        hidden = forward_residual(model, ids, None, [1])[1][0].float()
+        real = ~torch.isin(ids[0], torch.tensor(exclude))
+        assert 0 < int(real.sum()) < ids.shape[1]  # BOS (and EOS) are left out
+        assert torch.allclose(one.x_mean[0], hidden[real].mean(0), atol=1e-5)
+        assert torch.allclose(one.f_mean[0], sae.encode(hidden[real]).mean(0), atol=1e-5)
+    assert encode_questions(model, tok, sae, prompts, 1, progress=False).x_mean is None
+
+
 def test_match_settings_validate_rank_keys_and_nested_groups():
     from probing.matching.run import MatchSettings
 
     s = MatchSettings.from_dict({"rank_by": "abs_decoder_cosine", "nulls": {"n_random": 50},
                                  "injection": {"top_k": 3}})
     assert s.nulls.n_random == 50 and s.nulls.n_permutations == 1000 and s.injection.top_k == 3
+    assert s.sparse_probes.saebench and s.sparse_probes.saebench_ks == [1, 2, 5]
     for bad, words in (({"rank_by": "injection_d"}, "rank_by"),
                        ({"rank_by": "colour"}, "allowed"),
                        ({"nulls": {"n_rnd": 5}}, "unknown nulls"),
-                       ({"test_size": 1.0}, "test_size")):
+                       ({"test_size": 1.0}, "test_size"),
+                       ({"sparse_probes": {"saebench_ks": [0, 2]}}, "saebench_ks")):
         with pytest.raises(LirefError, match=words):
             MatchSettings.from_dict(bad)
 
