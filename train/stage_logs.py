@@ -62,6 +62,11 @@ def log_matching(tracker: Tracker, result: Any) -> None:
                "auroc_hi"]
     tracker.log_table("match/sparse_probes", sp_cols,
                       [[r[c] for c in sp_cols] for r in result.sparse_probes])
+    if result.saebench is not None:  # SAEBench-protocol probes (mean-pooled)
+        sb_cols = ["kind", "k", "accuracy", "balanced_accuracy", "auroc", "auroc_lo", "auroc_hi"]
+        tracker.log_table("match/sparse_probes_saebench", sb_cols,
+                          [[kind, *(r[c] for c in sb_cols[1:])]
+                           for kind in ("latents", "neurons") for r in result.saebench[kind]])
     inj_cols = ["name", "prefers", "readout", "d", "class", "d_random", "best"]
     tracker.log_table("match/injection", inj_cols,
                       [[r.get(c) for c in inj_cols] for r in result.injection])

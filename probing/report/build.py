@@ -12,6 +12,7 @@ be checked against the stages.
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -206,6 +207,29 @@ def _headline(st: _Stage, keys: Sequence[str] | None = None) -> Block:
                  [[k, st.cell(k)] for k in chosen])
 
 
+#: the metrics of the SAEBench-protocol sparse probes (``probing.matching.run``)
+SAEBENCH_PREFIX = "sparse_probe/saebench/"
+
+
+def _sparse_protocols(st: _Stage) -> Block | None:
+    """SAEBench-protocol sparse probes (mean-pooled) beside liref's last-token ones, per k."""
+    found = (re.fullmatch(r"(latents|neurons)_k(\d+)_accuracy", k.removeprefix(SAEBENCH_PREFIX))
+             for k in st.metrics if k.startswith(SAEBENCH_PREFIX))
+    keys = sorted({(m.group(1), int(m.group(2))) for m in found if m})
+    if not keys:
+        return None
+    rows = []
+    for kind, k in keys:
+        pre = f"{SAEBENCH_PREFIX}{kind}_k{k}"
+        rows.append([kind, str(k), st.ci(f"{pre}_accuracy"), st.cell(f"{pre}_balanced_accuracy"),
+                     st.ci(f"{pre}_auroc"), st.cell(f"sparse_{kind}_auroc_k{k}")])
+    return Block("table", "k-sparse probes, SAEBench protocol (features mean-pooled over the "
+                          "prompt, top-k |mean diff| on the training part, LogisticRegression "
+                          "C=1) beside liref's last-token AUROC; held-out part, 95% intervals",
+                 ["features", "k", "SAEBench accuracy", "balanced accuracy", "SAEBench AUROC",
+                  "last-token AUROC"], rows)
+
+
 def _match_section(st: _Stage, top: int = 10) -> list[Block]:
     latents = st.json("latents.json") or []
     blocks = [Block("h2", HEADINGS["match"]),
@@ -216,6 +240,9 @@ def _match_section(st: _Stage, top: int = 10) -> list[Block]:
         header, rows = _table_from_rows(latents[:top], MATCH_COLUMNS)
         blocks.append(Block("table", f"top {min(top, len(latents))} latents", header, rows))
     blocks.append(_headline(st, MATCH_HEADLINE))
+    protocols = _sparse_protocols(st)
+    if protocols is not None:
+        blocks.append(protocols)
     for img in st.images():
         blocks.append(Block("img", _caption(img.name), path=img))
     return blocks

@@ -9,6 +9,7 @@ strength). A finding whose data is absent (a stage not run, a set not steered) i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -232,7 +233,29 @@ def _sparse_readout(st: StageLike) -> Finding | None:
     for key, text in (("dense_auroc", "dense probe "), ("bow_auroc", "bag-of-words ")):
         if key in m:
             parts += ["; " + text, _num(st, key)]
+    parts += _saebench_readout(st)
     return Finding(anchor("match"), "Sparse readout", parts)
+
+
+def _saebench_readout(st: StageLike) -> Parts:
+    """``; SAEBench protocol (mean-pooled), accuracy on 1 / 2 / 5 latents a / b / c vs neurons
+    d / e / f`` when the match stage recorded it."""
+    pre = "sparse_probe/saebench/"
+
+    def ks(kind: str) -> list[int]:
+        found = (re.fullmatch(rf"{pre}{kind}_k(\d+)_accuracy", k) for k in st.metrics)
+        return sorted(int(f.group(1)) for f in found if f)
+
+    latents, neurons = ks("latents"), ks("neurons")
+    if not latents:
+        return []
+    parts: Parts = ["; SAEBench protocol (mean-pooled), accuracy on "
+                    + " / ".join(map(str, latents)) + " latents "]
+    parts += _joined(st, [f"{pre}latents_k{k}_accuracy" for k in latents])
+    if neurons:
+        parts += [" vs neurons "]
+        parts += _joined(st, [f"{pre}neurons_k{k}_accuracy" for k in neurons])
+    return parts
 
 
 def _joined(st: StageLike, keys: Sequence[str], strong: bool = False) -> Parts:

@@ -131,10 +131,18 @@ def test_job_writes_reconstruction_probes_injection_and_plots(matched: Path) -> 
     rec = json.loads((matched / "reconstruction.json").read_text())
     assert [r["k"] for r in rec["liref"]] == list(range(1, 9))
     assert set(rec["controls"]) == {"random", "permutation"}
-    sparse = json.loads((matched / "sparse_probes.json").read_text())
+    probes = json.loads((matched / "sparse_probes.json").read_text())
+    sparse = probes["last_token"]
     assert {r["kind"] for r in sparse} == {"latents", "neurons", "dense", "diffmean", "liref",
                                            "bow"}
     assert [r["k"] for r in sparse if r["kind"] == "neurons"] == [1, 2, 5, 10, 20]  # d = 32
+    saebench = probes["saebench"]  # SAEBench's protocol on mean-pooled features
+    for kind in ("latents", "neurons"):
+        assert [r["k"] for r in saebench[kind]] == [1, 2, 5]
+        for r in saebench[kind]:
+            assert len(r["selected"]) == r["k"] and 0.0 <= r["accuracy"] <= 1.0
+            assert r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"]
+    assert saebench["protocol"]["ks"] == [1, 2, 5]
     inj = json.loads((matched / "injection.json").read_text())
     assert [r["name"] for r in inj][-1] == "liref" and len(inj) == 4
     gap = json.loads((matched / "gap.json").read_text())
@@ -152,7 +160,9 @@ def test_job_writes_reconstruction_probes_injection_and_plots(matched: Path) -> 
     for key in ("top1_cosine", "top1_p", "top1_p_random", "reached_0.9_cosine",
                 "sparse_latents_auroc_k1", "sparse_latents_auroc_k5",
                 "sparse_latents_auroc_k20", "bow_auroc", "dense_auroc",
-                "frac_token_driven_top20", "liref_injection_d", "direction_agreement"):
+                "frac_token_driven_top20", "liref_injection_d", "direction_agreement",
+                "sparse_probe/saebench/latents_k1_accuracy",
+                "sparse_probe/saebench/neurons_k5_auroc_ci_low"):
         assert key in metrics, key
     assert metrics["direction_agreement"] > 0.999  # same prompts, same layer as the probe
     run = read_offline_run(next((matched / "wandb").glob("offline-run-*")))

@@ -45,7 +45,13 @@ MATCH = {"top1_latent": 17, "top1_cosine": 0.444, "top1_p": 0.021, "top1_p_rando
          "n_significant_q05": 3, "n_significant_q05_random": 40,
          "sparse_latents_auroc_k1": 0.701, "sparse_latents_auroc_k5": 0.83,
          "sparse_neurons_auroc_k1": 0.66, "sparse_neurons_auroc_k5": 0.8, "dense_auroc": 0.97,
-         "bow_auroc": 0.921}
+         "bow_auroc": 0.921,
+         **{f"sparse_probe/saebench/{kind}_k{k}_{name}": value + k / 100
+            for kind, base in (("latents", 0.7), ("neurons", 0.6)) for k in (1, 2, 5)
+            for name, value in (("accuracy", base), ("accuracy_ci_low", base - 0.1),
+                                ("accuracy_ci_high", base + 0.1), ("auroc", base + 0.05),
+                                ("auroc_ci_low", base - 0.05), ("auroc_ci_high", base + 0.15),
+                                ("balanced_accuracy", base))}}
 #: (set, rate): unsteered rate, then the change under (direction, negated, random seeds...)
 ORGANISM_RATES = {("exceptions", "rate_rule"): (0.1, {"direction": 0.5, "negated": 0.05,
                                                        "random": [0.1, 0.2]}),
@@ -274,6 +280,10 @@ def test_findings_come_first_link_to_their_sections_and_show_the_metrics(tmp_pat
             ) in got["Best-matched latent"]
     assert "1 / 5 SAE latents 0.701 / 0.830 vs on 1 / 5 neurons 0.660 / 0.800" in \
         got["Sparse readout"]
+    assert ("SAEBench protocol (mean-pooled), accuracy on 1 / 2 / 5 latents 0.710 / 0.720 / "
+            "0.750 vs neurons 0.610 / 0.620 / 0.650") in got["Sparse readout"]
+    assert "k-sparse probes, SAEBench protocol" in md  # the table beside the last-token AUROC
+    assert "| latents | 2 | 0.720 [0.620, 0.820] | 0.720 | 0.770 [0.670, 0.870] | n/a |" in md
     # the rate under +LiReF (results.json), its change [95% CI] vs random directions and -LiReF
     assert ("rule-answer rate 0.100 \u2192 0.600 (add, strength 1 at layer 2), change +0.500 "
             "[+0.420, +0.580] vs +0.150 for random directions of the same norm (2 seeds, rates "
