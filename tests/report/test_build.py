@@ -73,7 +73,8 @@ def test_report_of_a_probe_run(tiny_llama, tmp_path):
     questions = load_questions([{"name": "jsonl", "path": str(path)}])
     data = probe_data(model, tok, questions, tmp_path / "cache", layers=[0, 1, 2])
     run = tmp_path / "run"
-    report = run_probe_stage(data, run / "probe", n_resamples=100, metadata={"model": "tiny"})
+    report = run_probe_stage(data, run / "probe", n_resamples=100, metadata={"model": "tiny"},
+                             transfer={"again": data})
     from probing.io import write_metrics
 
     write_metrics(run / "probe", report.metrics)
@@ -97,6 +98,11 @@ def test_report_of_a_probe_run(tiny_llama, tmp_path):
     assert m["best/selectivity"] == pytest.approx(m["best/auroc"]
                                                   - m[f"control/{strongest}_auroc"])
     assert m["best/selectivity_bow"] == pytest.approx(m["best/auroc"] - m["control/bow_auroc"])
+    # transfer sets get the format control too (on the probe set's covariate columns)
+    t = {k: m[f"transfer/again/control/{k}_auroc"] for k in ("bow", "embedding", "format")}
+    assert m["transfer/again/selectivity"] == pytest.approx(m["transfer/again/auroc"]
+                                                            - max(t.values()))
+    assert "probe:transfer/again/control/format_auroc" in parsed.cells
     assert len(parsed.images) == 2  # the layer curve and the PCA
     text = md.read_text()
     assert "![probe layers](probe/probe_layers.png)" in text and "| layer |" in text
