@@ -82,7 +82,7 @@ def _planted(genuine: float, shift: float, n: int = 480, d: int = 16, seed: int 
 def test_a_planted_format_confound_is_caught_and_residualised_away() -> None:
     acts, y, controls = _planted(genuine=0.0, shift=2.0)
     ev = evaluate_layers(acts, y, [0, 1], controls=controls, compare_logistic=False,
-                         n_resamples=200)
+                         n_resamples=100)
     c = ev.controls
     assert c["control/format_auroc"] > 0.85  # the format alone gives the label away
     assert c["control/format_auroc_ci_low"] <= c["control/format_auroc"]
@@ -103,7 +103,7 @@ def test_a_planted_format_confound_is_caught_and_residualised_away() -> None:
 def test_a_genuine_label_signal_survives_residualising() -> None:
     acts, y, controls = _planted(genuine=2.0, shift=0.5)
     ev = evaluate_layers(acts, y, [0, 1], controls=controls, k_folds=3, compare_logistic=False,
-                         n_resamples=200)
+                         n_resamples=100)
     assert 0.55 < ev.controls["control/format_auroc"] < 0.9  # format carries some of it
     for row in ev.rows:
         assert row["residualised_auroc"] > 0.9 and row["residualised_auroc_ci_low"] > 0.8
