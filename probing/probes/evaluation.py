@@ -447,5 +447,6 @@ def evaluate_layers(
 def _residualised_metrics(y_test: np.ndarray, parts: Sequence[np.ndarray], n_resamples: int,
                           seed: int) -> dict[str, float]:
     """``residualised_auroc`` with ``_ci_low`` / ``_ci_high`` of the pooled test scores."""
-    m = score_metrics(y_test, np.concatenate(parts), n_resamples, seed)
-    return {f"residualised_{k}": m[k] for k in ("auroc", "auroc_ci_low", "auroc_ci_high")}
+    auc, lo, hi = auroc_with_ci(y_test, np.concatenate(parts), n_resamples, seed=seed)
+    return {"residualised_auroc": auc, "residualised_auroc_ci_low": lo,
+            "residualised_auroc_ci_high": hi}
