@@ -30,13 +30,14 @@ def log_probe_report(ctx: Any, report: Any) -> None:
     m = report.metrics
     log.info("layer %d (chosen on validation): test accuracy %.3f [%.3f, %.3f], balanced "
              "accuracy %.3f [%.3f, %.3f], AUROC %.3f [%.3f, %.3f]; bag-of-words AUROC %.3f, "
-             "embedding AUROC %s; probe in %s",
+             "embedding AUROC %s, format AUROC %s; format residualised: AUROC %s; probe in %s",
              report.best_layer, m["best/accuracy"], m["best/accuracy_ci_low"],
              m["best/accuracy_ci_high"], m["best/balanced_accuracy"],
              m["best/balanced_accuracy_ci_low"], m["best/balanced_accuracy_ci_high"],
              m["best/auroc"], m["best/auroc_ci_low"],
              m["best/auroc_ci_high"], m.get("control/bow_auroc", float("nan")),
-             f"{m['control/embedding_auroc']:.3f}" if "control/embedding_auroc" in m else "n/a",
+             *(f"{m[k]:.3f}" if k in m else "n/a" for k in (
+                 "control/embedding_auroc", "control/format_auroc", "best/residualised_auroc")),
              report.files["probe"])
 
 

@@ -4,8 +4,10 @@
 On the counterfactual items the model answered from the statement (context) or from memory:
 
 1. probes per layer on that behavioural label (``run_probe_stage``: grouped by fact, layer
-   chosen on validation, test figures with intervals, bag-of-words and embedding controls); its
-   diff-in-means direction is the conflict set's own direction (the "knob");
+   chosen on validation, test figures with intervals, bag-of-words, embedding and format
+   controls, the fact's relation a category covariate of the format control: a known confound,
+   since some relations are answered from context more often); its diff-in-means direction is
+   the conflict set's own direction (the "knob");
 2. transfer: each reference direction (the LiReF of the probe run, and of every other labelled
    set given) scored unchanged on these items, per layer;
 3. the cosine per layer between each reference and the knob, beside a label-permutation null;
@@ -19,7 +21,7 @@ per-layer transfer and cosines) and ``conflict_layers.png``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from probing.conflicts.readout import direction_aurocs, knob_cosines
 from probing.errors import LirefError
 from probing.io import write_json
 from probing.probes.data import ProbeData
-from probing.probes.plots import CONTROL_LINES
+from probing.probes.plots import CONTROL_LINES, plot_residualised
 from probing.probes.run import run_probe_stage
 from probing.stats import auroc_with_ci
 
@@ -39,6 +41,8 @@ __all__ = ["CLASSES", "ConflictReadout", "Reference", "references", "run_conflic
 
 #: the behavioural classes, positive first (the knob points from memory to context)
 CLASSES: tuple[str, str] = ("context", "memory")
+#: the ``Question.meta`` keys of the format control's category covariate on conflict items
+FORMAT_KEYS: tuple[str, ...] = ("relation",)
 
 
 @dataclass
@@ -77,6 +81,7 @@ def _plot(rows: Sequence[Mapping[str, Any]], transfer: Mapping[str, list[dict[st
                    label="own probe (held-out test)")[0]
     ax.fill_between(layers, [r["auroc_ci_low"] for r in rows],
                     [r["auroc_ci_high"] for r in rows], color=line.get_color(), alpha=0.2, lw=0)
+    plot_residualised(ax, rows)
     for key, label, colour in CONTROL_LINES:
         if rows[0].get(key) is not None:
             ax.axhline(rows[0][key], color=colour, lw=1.2, ls="-.",
@@ -117,6 +122,7 @@ def run_conflict_stage(data: ProbeData, built: str | Path, references: Mapping[s
                          "bigger data file, more relations, or a model that knows more facts)")
     seed = int(probe_kwargs.get("seed", 0))
     n_resamples = int(probe_kwargs.get("n_resamples", 1000))
+    data = replace(data, category_keys=FORMAT_KEYS)
     report = run_probe_stage(data, out, classes=list(CLASSES), **probe_kwargs)
     layers, acts = data.cached.layers, data.cached.acts
     metrics: dict[str, Any] = {**report.metrics, "n_context": n_context, "n_memory": n_memory}

@@ -1,5 +1,5 @@
 """Labelled question sets ready for probing: prompts -> cached activations ``[N, L, d]`` plus
-the control features (bag-of-words scores, mean input embeddings)."""
+the control features (prompt texts, mean input embeddings, format covariates)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import numpy as np
 import torch
 
 from probing.activations.cache import CachedActivations, cached_extract
-from probing.probes.controls import mean_input_embeddings
+from probing.probes.controls import (
+    FORMAT_CATEGORY_KEYS,
+    format_covariates,
+    mean_input_embeddings,
+)
 from probing.questions import LABEL_TO_INT, Question
 from probing.questions.prompts import PromptTemplate, format_prompts
 
@@ -37,6 +41,10 @@ class ProbeData:
         embeddings: ``[N, d]`` mean input embedding of each prompt's tokens (the embedding
             control), or ``None``.
         template: the prompt template (recorded in every saved probe).
+        token_lengths: ``[N]`` prompt lengths in tokens (the format control), or ``None``
+            (then the prompt length in characters is used).
+        category_keys: ``Question.meta`` keys read as a category covariate of the format
+            control (the conflict stage uses ``("relation",)``).
     """
 
     cached: CachedActivations
@@ -44,6 +52,8 @@ class ProbeData:
     prompts: list[str]
     embeddings: torch.Tensor | None = None
     template: PromptTemplate = field(default_factory=PromptTemplate)
+    token_lengths: np.ndarray | None = None
+    category_keys: tuple[str, ...] = FORMAT_CATEGORY_KEYS
 
     @property
     def targets(self) -> np.ndarray:
@@ -54,18 +64,26 @@ class ProbeData:
     def groups(self) -> list[str]:
         return [q.group for q in self.questions]
 
+    def format_covariates(self) -> tuple[np.ndarray, list[str]]:
+        """``[N, F]`` format covariates and their names (``probing.probes.controls``)."""
+        return format_covariates(self.questions, self.prompts, self.token_lengths,
+                                 self.category_keys)
+
     def controls(self) -> dict[str, Any]:
-        """Inputs of the controls: ``{"texts": prompts, "embeddings": [N, d]}``."""
+        """Inputs of the controls: ``{"texts": prompts, "embeddings": [N, d], "format":
+        [N, F], "format_names": [F]}``."""
         out: dict[str, Any] = {"texts": self.prompts}
         if self.embeddings is not None:
             out["embeddings"] = self.embeddings.numpy()
+        out["format"], out["format_names"] = self.format_covariates()
         return out
 
 
 def probe_data(model: Any, tokenizer: Any, questions: Sequence[Question], cache_dir: str | Path,
                layers: Sequence[int] | None = None, position: str = "last", batch_size: int = 8,
                template: PromptTemplate | None = None, controls: bool = True) -> ProbeData:
-    """Prompts, cached activations ``[N, L, d]`` and (``controls``) mean input embeddings."""
+    """Prompts, cached activations ``[N, L, d]`` and (``controls``) mean input embeddings and
+    prompt lengths in tokens."""
     template = template or PromptTemplate()
     prompts = format_prompts(questions, template, tokenizer)
     special = not template.chat  # a chat template's string already holds its BOS
@@ -73,9 +91,14 @@ def probe_data(model: Any, tokenizer: Any, questions: Sequence[Question], cache_
                             position=position, batch_size=batch_size,
                             labels=[q.label for q in questions], ids=[q.id for q in questions],
                             add_special_tokens=special)
-    embeddings = (mean_input_embeddings(model, tokenizer, prompts, special) if controls
-                  else None)
-    return ProbeData(cached, list(questions), prompts, embeddings, template)
+    embeddings = lengths = None
+    if controls:
+        from probing.activations.extract import tokenize_prompts
+
+        embeddings = mean_input_embeddings(model, tokenizer, prompts, special)
+        lengths = np.array([len(ids) for ids in tokenize_prompts(tokenizer, prompts, special)],
+                           dtype=np.int64)
+    return ProbeData(cached, list(questions), prompts, embeddings, template, lengths)
 
 
 def _targets(questions: Sequence[Question]) -> np.ndarray:

@@ -12,8 +12,11 @@ Protocol (the house rule: choices on training/validation data, figures on held-o
 
 Splits are grouped by ``Question.group`` (paraphrases, duplicates, one fact or computation never
 straddle two parts). Controls, fitted on the same training items: a bag-of-words logistic
-regression on the prompt text and a logistic probe on the mean input embedding
-(``probing.probes.controls``); ``selectivity`` = probe AUROC - bag-of-words AUROC.
+regression on the prompt text, a logistic probe on the mean input embedding and a logistic
+regression on format covariates (``probing.probes.controls``); ``selectivity`` = probe AUROC -
+the strongest control's AUROC (``selectivity_bow``: minus the bag-of-words AUROC). With format
+covariates, a *residualised* probe too: the same probe kind refitted on activations with the
+covariates regressed out (fitted on the training part), ``residualised_auroc`` per layer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from probing.errors import LirefError
-from probing.probes.controls import bow_scores, embedding_scores
+from probing.probes.controls import bow_scores, embedding_scores, format_scores, residualise
 from probing.probes.directions import check_labels, select_layer
 from probing.probes.estimators import Probe, make_probe
 from probing.stats import (
@@ -45,11 +48,12 @@ __all__ = [
     "grouped_folds",
     "grouped_split",
     "score_metrics",
+    "selectivities",
     "transfer_metrics",
 ]
 
 #: the control figures written beside every probe result
-CONTROL_KEYS = ("bow", "embedding")
+CONTROL_KEYS = ("bow", "embedding", "format")
 
 
 @dataclass(frozen=True)
@@ -184,16 +188,20 @@ class LayerEvaluation:
         rows: one dict per layer: held-out (test) ``accuracy``/``balanced_accuracy``/``auroc``
             with ``_ci_low`` / ``_ci_high``, ``val_accuracy``/``val_auroc`` (what chose the
             layer),
-            ``train_accuracy``, ``cos_logistic_diffmean``, ``selectivity`` and the
-            ``control/...`` figures.
+            ``train_accuracy``, ``cos_logistic_diffmean``, ``selectivity`` (minus the
+            strongest control), ``selectivity_bow``, ``residualised_auroc`` (+ intervals; the
+            probe on format-residualised activations) and the ``control/...`` figures.
         best_layer: the layer chosen on validation data (nested k-fold: the most frequent
             choice over the outer folds).
         best: held-out figures of the chosen layer(s) (``accuracy``, ``balanced_accuracy``,
-            ``auroc`` + intervals).
-        controls: ``control/bow_accuracy``, ``control/bow_auroc``, ``control/embedding_...``
-            (+ intervals) on the same held-out items.
+            ``auroc`` + intervals, ``selectivity``, ``selectivity_bow``,
+            ``residualised_auroc`` + intervals).
+        controls: ``control/bow_accuracy``, ``control/bow_auroc``, ``control/embedding_...``,
+            ``control/format_...`` (+ intervals) on the same held-out items.
         split: ``{"mode", "train", "val", "test"}`` (indices) or the outer folds.
         layer_choices: the layer chosen in each outer fold (holdout: one entry).
+        strongest_control: the control with the highest AUROC (``bow``, ``embedding``,
+            ``format``), the one ``selectivity`` subtracts; ``None`` without controls.
     """
 
     rows: list[dict[str, float]]
@@ -202,6 +210,7 @@ class LayerEvaluation:
     controls: dict[str, float]
     split: dict[str, Any]
     layer_choices: list[int] = field(default_factory=list)
+    strongest_control: str | None = None
 
 
 def _control_scores(controls: Mapping[str, Any], y: np.ndarray, tr: np.ndarray,
@@ -216,7 +225,48 @@ def _control_scores(controls: Mapping[str, Any], y: np.ndarray, tr: np.ndarray,
     if emb is not None:
         emb = np.asarray(emb, dtype=np.float64)
         out["embedding"] = embedding_scores(emb[tr], y[tr], emb[te])
+    z = _format(controls)
+    if z is not None:
+        out["format"] = format_scores(z[tr], y[tr], z[te])
     return out
+
+
+def _format(controls: Mapping[str, Any]) -> np.ndarray | None:
+    """The ``[N, F]`` format covariates of ``controls`` (``None`` when absent or ``F == 0``)."""
+    z = controls.get("format")
+    if z is None:
+        return None
+    z = np.asarray(z, dtype=np.float64)
+    return z if z.ndim == 2 and z.shape[1] > 0 else None
+
+
+def selectivities(auroc: float, controls: Mapping[str, float], prefix: str = "control/",
+                  ) -> tuple[dict[str, float], str | None]:
+    """``{"selectivity": auroc - the strongest control's AUROC, "selectivity_bow": auroc -
+    bag-of-words AUROC}`` (each when its controls exist) and the strongest control's name,
+    from ``controls`` ``{f"{prefix}{name}_auroc": value}``."""
+    found = {k: controls[f"{prefix}{k}_auroc"] for k in CONTROL_KEYS
+             if f"{prefix}{k}_auroc" in controls}
+    if not found:
+        return {}, None
+    strongest = max(found, key=lambda k: found[k])
+    out = {"selectivity": auroc - found[strongest]}
+    if "bow" in found:
+        out["selectivity_bow"] = auroc - found["bow"]
+    return out, strongest
+
+
+def _residualised_scores(x: np.ndarray, y: np.ndarray, z: np.ndarray, fit_idx: np.ndarray,
+                         te: np.ndarray, kind: str, params: Mapping[str, Any] | None
+                         ) -> np.ndarray:
+    """Test scores of the probe refitted on ``x`` with ``z`` regressed out (both fitted on
+    ``fit_idx``); zeros (chance) when nothing of the label is left (a zero direction)."""
+    xr = residualise(x, z, fit_idx)
+    try:
+        _, (s,) = _fit_scores(xr, y, fit_idx, [te], kind, params)
+    except LirefError:
+        return np.zeros(len(te))
+    return s
 
 
 def _control_metrics(scores: Mapping[str, np.ndarray], y_test: np.ndarray, n_resamples: int,
@@ -297,7 +347,8 @@ def evaluate_layers(
         acts: ``[N, len(layers), d]`` activations. y: ``[N]`` (1 reasoning, 0 memory).
         groups: ``[N]`` group keys (``Question.group``); ``None`` = every item its own group.
         controls: ``{"texts": [N] prompt strings, "embeddings": [N, d] mean input
-            embeddings}``; either may be absent.
+            embeddings, "format": [N, F] format covariates}``; any may be absent. With
+            ``format``, the probe is refitted on residualised activations too.
         val_size, test_size: shares of the holdout split (ignored with ``k_folds``).
         k_folds: nested grouped k-fold instead of one split.
         select_by: validation metric that chooses the layer (``auroc`` or ``accuracy``).
@@ -309,6 +360,7 @@ def evaluate_layers(
         raise LirefError(f"select_by must be 'auroc' or 'accuracy', got {select_by!r}")
     xs = {layer: acts[:, j].to(torch.float64).numpy() for j, layer in enumerate(layers)}
     controls = dict(controls or {})
+    z = _format(controls)
     gid = _groups(len(y_arr), groups)
     if k_folds is None:
         split = grouped_split(y_arr, gid, val_size, test_size, seed)
@@ -328,9 +380,11 @@ def evaluate_layers(
     oof: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     val: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
     extra: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
+    resid: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     control_parts: dict[str, list[np.ndarray]] = {}
     choices: list[int] = []
     chosen_scores: list[np.ndarray] = []
+    chosen_resid: list[np.ndarray] = []
     for tr, va, te in folds:
         # the layer is chosen by probes fitted on tr and scored on va
         fold_val = {}
@@ -348,6 +402,9 @@ def evaluate_layers(
                 probe, (s_test,) = _fit_scores(x, y_arr, fit_idx, [te], kind, params)
                 train_acc = probe.score(x[fit_idx], y_arr[fit_idx])
             oof[layer].append(s_test)
+            if z is not None:
+                resid[layer].append(_residualised_scores(x, y_arr, z, fit_idx, te, kind,
+                                                         params))
             row = {"train_accuracy": train_acc}
             if compare_logistic:
                 row["cos_logistic_diffmean"] = _logistic_agreement(x, y_arr, fit_idx)
@@ -355,6 +412,8 @@ def evaluate_layers(
         chosen = select_layer([{"layer": lay, **m} for lay, m in fold_val.items()], select_by)
         choices.append(chosen)
         chosen_scores.append(oof[chosen][-1])
+        if z is not None:
+            chosen_resid.append(resid[chosen][-1])
         fit_idx = tr if k_folds is None else np.sort(np.concatenate([tr, va]))
         for name, s in _control_scores(controls, y_arr, fit_idx, te).items():
             control_parts.setdefault(name, []).append(s)
@@ -369,13 +428,25 @@ def evaluate_layers(
             row[f"val_{key}"] = float(np.mean([v[key] for v in val[layer]]))
         for key in extra[layer][0]:
             row[key] = float(np.mean([e[key] for e in extra[layer]]))
-        if "control/bow_auroc" in control_metrics:
-            row["selectivity"] = row["auroc"] - control_metrics["control/bow_auroc"]
+        row.update(selectivities(row["auroc"], control_metrics)[0])
+        if z is not None:
+            row.update(_residualised_metrics(y_test, resid[layer], n_resamples, seed))
         row.update(control_metrics)
         rows.append(row)
     best_layer = max(set(choices), key=lambda layer: (choices.count(layer), -layer))
     best = score_metrics(y_test, np.concatenate(chosen_scores), n_resamples, seed)
-    if "control/bow_auroc" in control_metrics:
-        best["selectivity"] = best["auroc"] - control_metrics["control/bow_auroc"]
+    sel, strongest = selectivities(best["auroc"], control_metrics)
+    best.update(sel)
+    if z is not None:
+        best.update(_residualised_metrics(y_test, chosen_resid, n_resamples, seed))
     return LayerEvaluation(rows=rows, best_layer=best_layer, best=best,
-                           controls=control_metrics, split=split_info, layer_choices=choices)
+                           controls=control_metrics, split=split_info, layer_choices=choices,
+                           strongest_control=strongest)
+
+
+def _residualised_metrics(y_test: np.ndarray, parts: Sequence[np.ndarray], n_resamples: int,
+                          seed: int) -> dict[str, float]:
+    """``residualised_auroc`` with ``_ci_low`` / ``_ci_high`` of the pooled test scores."""
+    auc, lo, hi = auroc_with_ci(y_test, np.concatenate(parts), n_resamples, seed=seed)
+    return {"residualised_auroc": auc, "residualised_auroc_ci_low": lo,
+            "residualised_auroc_ci_high": hi}

@@ -18,25 +18,37 @@ from matplotlib.ticker import MaxNLocator
 
 from probing.figures import agg_figure, save_png
 
-__all__ = ["agg_figure", "plot_layer_metrics", "plot_pca", "save_png"]
-
-
-
-
-
+__all__ = ["CONTROL_LINES", "RESIDUALISED", "agg_figure", "plot_layer_metrics", "plot_pca",
+           "plot_residualised", "save_png"]
 
 #: control lines drawn on the layer plot: (per_layer key, label, colour)
 CONTROL_LINES = (
     ("control/bow_auroc", "bag-of-words AUROC", "tab:grey"),
     ("control/embedding_auroc", "embedding-probe AUROC", "tab:brown"),
+    ("control/format_auroc", "format-covariates AUROC", "tab:olive"),
 )
+#: the per-layer curve of the probe on format-residualised activations: (key, label, colour)
+RESIDUALISED = ("residualised_auroc", "AUROC, format regressed out", "tab:purple")
+
+
+def plot_residualised(ax: Any, per_layer: Sequence[Mapping[str, Any]]) -> None:
+    """Draw ``residualised_auroc`` against layer with its 95% band on ``ax`` (when recorded)."""
+    key, label, colour = RESIDUALISED
+    if not per_layer or key not in per_layer[0]:
+        return
+    layers = [r["layer"] for r in per_layer]
+    ax.plot(layers, [r[key] for r in per_layer], marker="s", ms=3, ls="--", color=colour,
+            label=label)
+    ax.fill_between(layers, [r[f"{key}_ci_low"] for r in per_layer],
+                    [r[f"{key}_ci_high"] for r in per_layer], color=colour, alpha=0.12, lw=0)
 
 
 def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
                        keys: Sequence[str] = ("accuracy", "auroc"), title: str = "",
                        best_layer: int | None = None) -> Path:
     """Held-out ``keys`` against layer, with their 95% intervals as bands (``<key>_ci_low`` /
-    ``_ci_high`` when present), the controls as horizontal lines and the chosen layer marked."""
+    ``_ci_high`` when present), the AUROC of the probe on format-residualised activations, the
+    controls as horizontal lines and the chosen layer marked."""
     fig, ax = agg_figure(figsize=(6.5, 3.8))
     layers = [r["layer"] for r in per_layer]
     for key in keys:
@@ -45,6 +57,7 @@ def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,
             ax.fill_between(layers, [r[f"{key}_ci_low"] for r in per_layer],
                             [r[f"{key}_ci_high"] for r in per_layer], color=line.get_color(),
                             alpha=0.2, lw=0)
+    plot_residualised(ax, per_layer)
     for key, label, colour in CONTROL_LINES:
         value = per_layer[0].get(key)
         if value is not None:

@@ -17,11 +17,21 @@ import torch
 
 from probing.errors import LirefError
 from probing.io import write_json
-from probing.probes.controls import bow_scores, embedding_scores
+from probing.probes.controls import (
+    align_covariates,
+    bow_scores,
+    embedding_scores,
+    format_scores,
+)
 from probing.probes.data import ProbeData
 from probing.probes.directions import layer_directions, save_directions
 from probing.probes.estimators import make_probe
-from probing.probes.evaluation import evaluate_layers, score_metrics, transfer_metrics
+from probing.probes.evaluation import (
+    evaluate_layers,
+    score_metrics,
+    selectivities,
+    transfer_metrics,
+)
 from probing.probes.plots import plot_layer_metrics, plot_pca
 from probing.questions import LABELS, Question, check_classes
 from probing.version import __version__
@@ -67,19 +77,25 @@ def question_summary(questions: Sequence[Question],
 
 def _transfer(probe: Any, source: ProbeData, fit_idx: np.ndarray, target: ProbeData,
               layer: int, n_resamples: int, seed: int) -> dict[str, float]:
-    """The probe and its controls, fitted on ``source[fit_idx]``, scored on ``target``."""
+    """The probe and its controls, fitted on ``source[fit_idx]``, scored on ``target`` (the
+    format control on the source's covariate columns; a source or category the target lacks is
+    zero there); ``selectivity`` against the strongest control, ``selectivity_bow``."""
     y_t = target.targets
     out = transfer_metrics(probe, target.cached.layer(layer), y_t, n_resamples, seed)
     y_s = source.targets
-    bow = bow_scores([source.prompts[i] for i in fit_idx], y_s[fit_idx], target.prompts)
-    out.update({f"control/bow_{k}": v for k, v in score_metrics(y_t, bow, n_resamples,
-                                                                  seed).items()})
+    scores = {"bow": bow_scores([source.prompts[i] for i in fit_idx], y_s[fit_idx],
+                                target.prompts)}
     if source.embeddings is not None and target.embeddings is not None:
-        emb = embedding_scores(source.embeddings.numpy()[fit_idx], y_s[fit_idx],
-                               target.embeddings.numpy())
-        out.update({f"control/embedding_{k}": v
-                    for k, v in score_metrics(y_t, emb, n_resamples, seed).items()})
-    out["selectivity"] = out["auroc"] - out["control/bow_auroc"]
+        scores["embedding"] = embedding_scores(source.embeddings.numpy()[fit_idx], y_s[fit_idx],
+                                               target.embeddings.numpy())
+    z_s, names = source.format_covariates()
+    z_t, names_t = target.format_covariates()
+    scores["format"] = format_scores(z_s[fit_idx], y_s[fit_idx],
+                                     align_covariates(z_t, names_t, names))
+    for name, s in scores.items():
+        out.update({f"control/{name}_{k}": v
+                    for k, v in score_metrics(y_t, s, n_resamples, seed).items()})
+    out.update(selectivities(out["auroc"], out)[0])
     return out
 
 
@@ -99,10 +115,11 @@ def run_probe_stage(
     classes: Sequence[str] | None = None,
 ) -> ProbeReport:
     """Probe every cached layer (``probing.probes.evaluation.evaluate_layers``: layer chosen on
-    validation items, test figures with 95% intervals, bag-of-words and embedding controls),
-    then write the artifacts.
+    validation items, test figures with 95% intervals, bag-of-words, embedding and format
+    controls, the probe on format-residualised activations), then write the artifacts.
 
     Writes into ``out_dir``: ``per_layer.json``, ``split.json`` (question ids of each part),
+    ``controls.json`` (the strongest control, the format covariates' names),
     ``probes/layer_<l>/`` and ``directions/`` (fitted on the training part; with nested
     k-fold on all items), ``probe/`` (the chosen layer's), ``probe_layers.png`` and
     ``pca_layer_<l>.png``. ``classes``: the data config's class names, positive first (the
@@ -127,6 +144,10 @@ def run_probe_stage(
                  if holdout else {"test_folds": [[ids[i] for i in f]
                                                  for f in ev.split["test_folds"]]})
     write_json(out / "split.json", {"mode": ev.split["mode"], "seed": seed, **split_ids})
+    write_json(out / "controls.json", {
+        "strongest_control": ev.strongest_control,
+        "format_covariates": data.format_covariates()[1],
+        "format_category_keys": list(data.category_keys)})
     names = check_classes(classes)
     write_json(out / "questions.json", question_summary(questions, transfer, names))
     write_json(out / "activations.json", {"cache": str(cached.folder), "layers": layers,
@@ -164,6 +185,7 @@ def run_probe_stage(
     write_json(out / "per_layer.json", ev.rows)
     files["per_layer"] = out / "per_layer.json"
     files["split"] = out / "split.json"
+    files["controls"] = out / "controls.json"
     files["plot_layers"] = plot_layer_metrics(
         ev.rows, out / "probe_layers.png", best_layer=best,
         title=f"{kind} probe, held-out test ({meta['model']})")

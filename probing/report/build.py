@@ -130,35 +130,48 @@ def _probe_section(st: _Stage) -> list[Block]:
                          "chosen on the validation part; every figure is on the held-out test "
                          "part, with a 95% bootstrap interval. Balanced accuracy is the mean of "
                          "the two classes' accuracies. Controls on the same items: a bag-of-words logistic "
-                         "regression on the prompt text (unigrams + bigrams) and a probe on the "
-                         "mean input embedding. Selectivity = probe AUROC - bag-of-words AUROC.")]
+                         "regression on the prompt text (unigrams + bigrams), a probe on the "
+                         "mean input embedding and a logistic regression on format covariates "
+                         "alone (prompt length in tokens, digit and numeral counts, option "
+                         "count, source set and category where the data has several). "
+                         "Residualised AUROC: the same probe refitted on the activations with "
+                         "the format covariates regressed out (least squares fitted on the "
+                         "training part). Selectivity = probe AUROC - the strongest control's "
+                         "AUROC (selectivity vs bag-of-words beside it).")]
     rows = []
     for r in per_layer:
         layer = int(r["layer"])
         pre = f"layer_{layer:02d}/"
         name = f"**{layer}** (chosen)" if layer == best else str(layer)
         rows.append([name, st.ci(pre + "accuracy"), st.ci(pre + "balanced_accuracy"),
-                     st.ci(pre + "auroc"), st.cell(pre + "val_auroc"),
-                     st.cell(pre + "selectivity")])
+                     st.ci(pre + "auroc"), st.ci(pre + "residualised_auroc"),
+                     st.cell(pre + "val_auroc"), st.cell(pre + "selectivity"),
+                     st.cell(pre + "selectivity_bow")])
     blocks.append(Block("table", "held-out test figures per layer",
-                        ["layer", "accuracy", "balanced accuracy", "AUROC", "validation AUROC",
-                         "selectivity"], rows))
+                        ["layer", "accuracy", "balanced accuracy", "AUROC",
+                         "AUROC, format residualised", "validation AUROC",
+                         "selectivity (strongest control)", "selectivity (bag-of-words)"],
+                        rows))
     controls = [[label, st.ci(f"{pre}accuracy"), st.ci(f"{pre}balanced_accuracy"),
                  st.ci(f"{pre}auroc")]
                 for label, pre in (("bag-of-words (prompt text)", "control/bow_"),
                                    ("mean input embedding", "control/embedding_"),
+                                   ("format covariates", "control/format_"),
                                    (f"probe at the chosen layer {best}", "best/"))]
+    controls.append([f"probe at layer {best}, format residualised", "-", "-",
+                     st.ci("best/residualised_auroc")])
     blocks.append(Block("table", "the probe beside its controls (test part)",
                         ["classifier", "accuracy", "balanced accuracy", "AUROC"], controls))
     transfer = sorted({k.split("/")[1] for k in m if k.startswith("transfer/")})
     if transfer:
         rows = [[name, st.ci(f"transfer/{name}/auroc"), st.ci(f"transfer/{name}/control/bow_auroc"),
                  st.ci(f"transfer/{name}/control/embedding_auroc"),
+                 st.ci(f"transfer/{name}/control/format_auroc"),
                  st.cell(f"transfer/{name}/selectivity")] for name in transfer]
         blocks.append(Block("h3", HEADINGS["transfer"]))
         blocks.append(Block("table", "transfer: fitted on the probe set, scored on another",
                             ["target", "probe AUROC", "bag-of-words AUROC", "embedding AUROC",
-                             "selectivity"], rows))
+                             "format AUROC", "selectivity"], rows))
     for img in st.images():
         blocks.append(Block("img", _caption(img.name), path=img))
     return blocks

@@ -60,6 +60,9 @@ def _readout(st: Any) -> list[Block]:
     controls = [["own probe at the chosen layer", st.ci("best/auroc")],
                 ["bag-of-words (prompt text)", st.ci("control/bow_auroc")],
                 ["mean input embedding", st.ci("control/embedding_auroc")],
+                ["format covariates (length, numerals, relation)", st.ci("control/format_auroc")],
+                ["own probe at the chosen layer, format residualised",
+                 st.ci("best/residualised_auroc")],
                 ["teacher-forced margin log P(context) - log P(memory)", st.ci("margin/auroc")]]
     return [Block("table", "which answer will the model give? AUROC for context (1) vs memory "
                            "(0) answers on held-out facts, beside the controls",

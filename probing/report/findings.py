@@ -81,19 +81,39 @@ def _probe(st: StageLike) -> Finding | None:
     parts += ["test AUROC ", *_ci(st, "best/auroc", strong=True)]
     parts += _strongest_control(st, "control/")
     if "best/selectivity" in m:
-        parts += ["; selectivity (minus bag-of-words) ", _num(st, "best/selectivity", True)]
+        name = _strongest_name(st, "control/")
+        parts += [f"; selectivity (minus the strongest control, {name}) ",
+                  _num(st, "best/selectivity", True)]
+    if "best/residualised_auroc" in m:
+        parts += ["; with the format covariates regressed out: AUROC ",
+                  *_ci(st, "best/residualised_auroc")]
     return Finding(anchor("probe"), "Probe", parts)
 
 
-def _strongest_control(st: StageLike, prefix: str) -> Parts:
-    """`` vs <AUROC> [CI] for the strongest control (<name>)`` among bag-of-words and
-    embedding; empty when neither was recorded."""
-    controls = [(f"{prefix}{k}_auroc", name) for k, name in
-                (("bow", "bag-of-words"), ("embedding", "embedding probe"))
+#: the controls a finding compares against: (metric key stem, name in the text)
+CONTROL_NAMES = (("bow", "bag-of-words"), ("embedding", "embedding probe"),
+                 ("format", "format covariates"))
+
+
+def _strongest(st: StageLike, prefix: str) -> tuple[str, str] | None:
+    """``(metric key, name)`` of the recorded control with the highest AUROC, or ``None``."""
+    controls = [(f"{prefix}{k}_auroc", name) for k, name in CONTROL_NAMES
                 if f"{prefix}{k}_auroc" in st.metrics]
-    if not controls:
+    return max(controls, key=lambda c: st.metrics[c[0]]) if controls else None
+
+
+def _strongest_name(st: StageLike, prefix: str) -> str:
+    found = _strongest(st, prefix)
+    return found[1] if found else "n/a"
+
+
+def _strongest_control(st: StageLike, prefix: str) -> Parts:
+    """`` vs <AUROC> [CI] for the strongest control (<name>)`` among bag-of-words, embedding
+    and format covariates (the one ``selectivity`` subtracts); empty when none was recorded."""
+    found = _strongest(st, prefix)
+    if found is None:
         return []
-    key, name = max(controls, key=lambda c: st.metrics[c[0]])
+    key, name = found
     return [" vs ", *_ci(st, key), f" for the strongest control ({name})"]
 
 
@@ -134,6 +154,9 @@ def _conflict(st: StageLike) -> list[Finding]:
     parts += ["which answer comes is readable at layer ", _num(st, "best_layer"),
               " with AUROC ", *_ci(st, "best/auroc", strong=True),
               *_strongest_control(st, "control/")]
+    if "best/residualised_auroc" in m:
+        parts += ["; format (length, numerals, relation) regressed out: ",
+                  *_ci(st, "best/residualised_auroc")]
     out = [Finding(anchor("conflicts"), "Knowledge conflicts", parts)]
     refs = list(dict.fromkeys(k.split("/")[1] for k in m
                               if k.startswith("transfer/") and k.endswith("/auroc")))

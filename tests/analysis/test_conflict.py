@@ -19,6 +19,7 @@ def test_conflict_stage_reads_behaviour_transfer_and_knob(organism_study):
     assert total["context"] + total["memory"] + total["other"] == total["known"] > 0
     assert m["n_context"] == total["context"] and m["n_memory"] == total["memory"]
     for key in ("best/auroc", "control/bow_auroc", "control/embedding_auroc",
+                "control/format_auroc", "best/residualised_auroc",
                 "transfer/organism/auroc", "knob/organism/cosine", "knob/organism/p_value",
                 "margin/auroc"):
         assert key in m, key
@@ -80,6 +81,10 @@ def test_conflict_job_on_a_tiny_model_and_a_popqa_file(tmp_path, monkeypatch, ca
     m = json.loads((tmp_path / "conflict" / "metrics.json").read_text())
     assert m["counts/known"] == 30 and m["n_context"] + m["n_memory"] == 20
     assert not [k for k in m if k.startswith(("transfer/", "knob/"))]  # no probe_dir given
+    # the format control, the fact's relation as its category covariate
+    controls = json.loads((tmp_path / "conflict" / "controls.json").read_text())
+    assert controls["format_category_keys"] == ["relation"]
+    assert {"control/format_auroc", "best/residualised_auroc", "best/selectivity_bow"} <= set(m)
     code, err = run_main_in_process(
         "analysis.steer", [*common[:2], "logger=disabled", "probe_dir=conflict",
                            "conflict_dir=conflict", "steering.controls.n_random=1",

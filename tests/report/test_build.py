@@ -73,7 +73,8 @@ def test_report_of_a_probe_run(tiny_llama, tmp_path):
     questions = load_questions([{"name": "jsonl", "path": str(path)}])
     data = probe_data(model, tok, questions, tmp_path / "cache", layers=[0, 1, 2])
     run = tmp_path / "run"
-    report = run_probe_stage(data, run / "probe", n_resamples=100, metadata={"model": "tiny"})
+    report = run_probe_stage(data, run / "probe", n_resamples=100, metadata={"model": "tiny"},
+                             transfer={"again": data})
     from probing.io import write_metrics
 
     write_metrics(run / "probe", report.metrics)
@@ -84,6 +85,24 @@ def test_report_of_a_probe_run(tiny_llama, tmp_path):
             "software and machine"} <= set(parsed.captions)
     assert parsed.cells["probe:best/auroc"] == report.metrics["best/auroc"]
     assert "probe:control/bow_auroc" in parsed.cells
+    # the format control beside the others: covariates (tokens from the tokenizer), the
+    # residualised probe per layer and at the chosen layer, selectivity vs the strongest control
+    assert {"probe:control/format_auroc", "probe:best/residualised_auroc",
+            "probe:layer_01/residualised_auroc", "probe:layer_01/selectivity_bow"
+            } <= set(parsed.cells)
+    controls = json.loads((run / "probe" / "controls.json").read_text())
+    assert controls["format_covariates"][:3] == ["tokens", "digits", "numerals"]
+    m = report.metrics
+    strongest = max(("bow", "embedding", "format"), key=lambda k: m[f"control/{k}_auroc"])
+    assert controls["strongest_control"] == strongest
+    assert m["best/selectivity"] == pytest.approx(m["best/auroc"]
+                                                  - m[f"control/{strongest}_auroc"])
+    assert m["best/selectivity_bow"] == pytest.approx(m["best/auroc"] - m["control/bow_auroc"])
+    # transfer sets get the format control too (on the probe set's covariate columns)
+    t = {k: m[f"transfer/again/control/{k}_auroc"] for k in ("bow", "embedding", "format")}
+    assert m["transfer/again/selectivity"] == pytest.approx(m["transfer/again/auroc"]
+                                                            - max(t.values()))
+    assert "probe:transfer/again/control/format_auroc" in parsed.cells
     assert len(parsed.images) == 2  # the layer curve and the PCA
     text = md.read_text()
     assert "![probe layers](probe/probe_layers.png)" in text and "| layer |" in text

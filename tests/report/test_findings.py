@@ -25,7 +25,11 @@ PROBE = {
     "best_layer": 2, "n_questions": 200,
     "best/accuracy": 0.91, "best/accuracy_ci_low": 0.86, "best/accuracy_ci_high": 0.95,
     "best/auroc": 0.962, "best/auroc_ci_low": 0.931, "best/auroc_ci_high": 0.985,
-    "best/selectivity": 0.041,
+    "best/selectivity": 0.027, "best/selectivity_bow": 0.041,
+    "best/residualised_auroc": 0.552, "best/residualised_auroc_ci_low": 0.47,
+    "best/residualised_auroc_ci_high": 0.63,
+    "control/format_auroc": 0.935, "control/format_auroc_ci_low": 0.9,
+    "control/format_auroc_ci_high": 0.96,
     "control/bow_auroc": 0.921, "control/bow_auroc_ci_low": 0.88, "control/bow_auroc_ci_high": 0.95,
     "control/embedding_auroc": 0.843, "control/embedding_auroc_ci_low": 0.79,
     "control/embedding_auroc_ci_high": 0.89,
@@ -267,9 +271,10 @@ def test_findings_come_first_link_to_their_sections_and_show_the_metrics(tmp_pat
     got = lines(page)
     assert list(got) == ["Probe", "Transfer to matched", "SAE", "Best-matched latent", "Sparse readout",
                          "+LiReF on exceptions", "-LiReF on near-exceptions"]
-    assert ("layer 2 (chosen on validation), test AUROC 0.962 [0.931, 0.985] vs 0.921 "
-            "[0.880, 0.950] for the strongest control (bag-of-words); selectivity (minus "
-            "bag-of-words) +0.041") in got["Probe"]
+    assert ("layer 2 (chosen on validation), test AUROC 0.962 [0.931, 0.985] vs 0.935 "
+            "[0.900, 0.960] for the strongest control (format covariates); selectivity (minus "
+            "the strongest control, format covariates) +0.027; with the format covariates "
+            "regressed out: AUROC 0.552 [0.470, 0.630]") in got["Probe"]
     assert ("exception vs ordinary, the probe unchanged: AUROC 0.512 [0.440, 0.580] vs 0.497 "
             "[0.420, 0.570] for the strongest control (embedding probe); selectivity +0.039"
             ) in got["Transfer to matched"]

@@ -168,7 +168,10 @@ def test_probe_writes_metrics_per_layer_and_plots(probed: Probed) -> None:
     assert [row["layer"] for row in per_layer] == [0, 2]
     for row in per_layer:
         assert row["control/bow_auroc"] == metrics["control/bow_auroc"]
-        assert row["selectivity"] == pytest.approx(row["auroc"] - metrics["control/bow_auroc"])
+        strongest = max(metrics[f"control/{k}_auroc"] for k in ("bow", "embedding", "format"))
+        assert row["selectivity"] == pytest.approx(row["auroc"] - strongest)
+        assert row["selectivity_bow"] == pytest.approx(row["auroc"] - metrics["control/bow_auroc"])
+        assert row["residualised_auroc_ci_low"] <= row["residualised_auroc"]
         assert row["auroc_ci_low"] <= row["auroc"] <= row["auroc_ci_high"]
     split = json.loads((run / "split.json").read_text())
     assert split["mode"] == "holdout" and len(split["test"]) > 0
