@@ -64,8 +64,10 @@ STRATEGIES: tuple[str, ...] = ("prepend", "append", "intersperse")
 INJECTION_CLASSES: tuple[tuple[float, str], ...] = (
     (0.8, "token-driven"), (0.5, "partly token-driven"), (0.2, "weakly token-driven"))
 CONTEXT_DEPENDENT = "context-dependent"
-#: |d| cap in the random-token comparison (an infinite d comes from constant groups)
-D_CAP = 100.0
+#: |d| cap in the random-token comparison: an infinite d comes from constant groups (a latent
+#: reading one token and nothing else, zero activations, a resample of one prompt); beyond 10
+#: two groups do not overlap, whatever the value
+D_CAP = 10.0
 READOUTS: tuple[str, ...] = ("max", "mean", "position")
 
 
