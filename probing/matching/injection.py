@@ -468,7 +468,8 @@ def run_injection(targets: Sequence[Target], baselines: dict[int, list[str]], sc
         (the old class, of ``d``), ``best`` (``"<kind> '<text>' @ <strategy>"``),
         ``d_random`` (old control, same protocol), ``d_random_matched`` (mean d of the chosen
         unit's frequency-matched random units, same strategy and insertion points, report
-        half), ``d_excess`` = ``d - d_random_matched`` with ``d_excess_lo``/``_hi``,
+        half), ``d_excess`` = ``d - d_random_matched`` (each |d| capped at ``D_CAP``) with
+        ``d_excess_lo``/``_hi``,
         ``class_vs_random``, ``random_matched`` (their texts), ``d_<readout>`` for the extra
         readouts, ``units`` and ``conditions`` (every condition's d on all baseline prompts).
         The random-token keys are null when the chosen unit has no matched random units.
