@@ -68,7 +68,8 @@ def log_matching(tracker: Tracker, result: Any) -> None:
         tracker.log_table("match/sparse_probes_saebench", sb_cols,
                           [[kind, *(r[c] for c in sb_cols[1:])]
                            for kind in ("latents", "neurons") for r in result.saebench[kind]])
-    inj_cols = ["name", "prefers", "readout", "d", "class", "d_random", "best"]
+    inj_cols = ["name", "prefers", "readout", "d", "class", "d_random", "d_random_matched",
+                "d_excess", "d_excess_lo", "d_excess_hi", "class_vs_random", "best"]
     tracker.log_table("match/injection", inj_cols,
                       [[r.get(c) for c in inj_cols] for r in result.injection])
     for key, path in result.files.items():

@@ -15,7 +15,17 @@ target's readout, injected vs baseline, classifies the target:
 The condition (unit x strategy) is chosen on one half of the baseline prompts and its d is
 reported on the other half (the maximum over 18 conditions would be biased upwards). Random
 units of the same shapes, drawn from the baseline class's own training questions, go
-through the same protocol: ``d_random`` is the control (any insertion perturbs the prompt).
+through the same protocol: ``d_random`` is the old control (any insertion perturbs the prompt).
+
+The random-token baseline (the yardstick 2601.05679 lists as missing): every unit gets
+``n_random_draws`` random units of its length whose token at each position lies in the same
+corpus frequency band (quantile bins of log count over the training prompts' tokens, the
+corpus the units are read from), none of the target's own tokens. They are injected with the
+chosen condition's strategy at the same insertion points into the report half;
+``d_excess = d - d_random_matched`` (mean d over the draws) with a bootstrap interval over the
+report-half prompts (paired: one resample for own and random units). ``class_vs_random`` is
+the class of ``d_excess`` when the interval's lower bound is above 0, else
+context-dependent; ``class`` keeps the old meaning (``d`` alone).
 """
 
 from __future__ import annotations
@@ -29,16 +39,20 @@ import numpy as np
 import torch
 
 from probing.errors import LirefError, from_mapping
-from probing.stats import cohens_d
+from probing.stats import CONFIDENCE, N_RESAMPLES, bootstrap_ci, cohens_d
 
 __all__ = [
     "INJECTION_CLASSES",
+    "FrequencyBands",
     "STRATEGIES",
     "InjectionConfig",
     "Target",
     "Unit",
+    "class_vs_random",
+    "frequency_bands",
     "inject",
     "injection_class",
+    "matched_random_units",
     "ngram_table",
     "random_units",
     "run_injection",
@@ -50,6 +64,10 @@ STRATEGIES: tuple[str, ...] = ("prepend", "append", "intersperse")
 INJECTION_CLASSES: tuple[tuple[float, str], ...] = (
     (0.8, "token-driven"), (0.5, "partly token-driven"), (0.2, "weakly token-driven"))
 CONTEXT_DEPENDENT = "context-dependent"
+#: |d| cap in the random-token comparison: an infinite d comes from constant groups (a latent
+#: reading one token and nothing else, zero activations, a resample of one prompt); beyond 10
+#: two groups do not overlap, whatever the value
+D_CAP = 10.0
 READOUTS: tuple[str, ...] = ("max", "mean", "position")
 
 
@@ -79,7 +97,11 @@ class InjectionConfig:
         readout: how a latent is read per prompt: ``max`` / ``mean`` over the prompt's tokens
             or at the probe ``position``. direction_readout: the same for the LiReF projection
             (default: at the probe position, where the direction is defined).
-        random_control: also inject random units (the control).
+        random_control: also inject random units (the old control, ``d_random``).
+        n_freq_bands: corpus frequency bands (quantile bins of log token count) of the
+            random-token baseline.
+        n_random_draws: frequency-matched random units per unit (0: no random-token
+            baseline, ``class_vs_random`` is null).
         seed: baseline sampling, insertion points, random units.
     """
 
@@ -95,6 +117,8 @@ class InjectionConfig:
     readout: str = "max"
     direction_readout: str = "position"
     random_control: bool = True
+    n_freq_bands: int = 5
+    n_random_draws: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -121,6 +145,11 @@ class InjectionConfig:
             raise LirefError("injection needs at least one unit (n_single/n_bigram/n_trigram)")
         if self.min_count < 1:
             raise LirefError(f"injection.min_count must be >= 1, got {self.min_count}")
+        if self.n_freq_bands < 1:
+            raise LirefError(f"injection.n_freq_bands must be >= 1, got {self.n_freq_bands}")
+        if self.n_random_draws < 0:
+            raise LirefError(f"injection.n_random_draws must be >= 0 (0: no random-token "
+                             f"baseline), got {self.n_random_draws}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InjectionConfig:
@@ -260,6 +289,71 @@ def random_units(table: NgramTable, use: torch.Tensor, tokenizer: Any,
     return out
 
 
+@dataclass
+class FrequencyBands:
+    """Corpus frequency of every token id: ``count`` ``[V]`` occurrences, ``band`` ``[V]`` its
+    band (0 = rarest; -1: not in the corpus or special), ``edges`` the interior log-count
+    bounds of the bands (band k: ``edges[k-1] <= log count < edges[k]``)."""
+
+    count: torch.Tensor
+    band: torch.Tensor
+    edges: list[float]
+
+    def members(self, band: int) -> np.ndarray:
+        """Token ids ``[M]`` of one band."""
+        return np.flatnonzero(self.band.numpy() == band)
+
+
+def frequency_bands(token: torch.Tensor, use: torch.Tensor, special_ids: Sequence[int],
+                    n_bands: int = 5) -> FrequencyBands:
+    """Count the tokens ``token`` ``[T]`` where ``use`` ``[T]`` is true (specials left out)
+    and cut the token types seen into ``n_bands`` quantile bins of log count (tied counts
+    share a band, so some bands may be empty)."""
+    if n_bands < 1:
+        raise LirefError(f"n_bands must be >= 1, got {n_bands}")
+    special = torch.tensor(sorted(set(int(i) for i in special_ids)), dtype=torch.long)
+    kept = token[use & ~torch.isin(token, special)]
+    size = int(token.max()) + 1 if token.numel() else 0
+    count = torch.bincount(kept, minlength=size)
+    band = torch.full((size,), -1, dtype=torch.long)
+    seen = count > 0
+    if not bool(seen.any()):
+        return FrequencyBands(count, band, [])
+    logc = np.log(count[seen].double().numpy())
+    edges = [float(e) for e in np.quantile(logc, np.arange(1, n_bands) / n_bands)]
+    band[seen] = torch.as_tensor(np.searchsorted(edges, logc, side="right"), dtype=torch.long)
+    return FrequencyBands(count, band, edges)
+
+
+def matched_random_units(unit: Unit, bands: FrequencyBands, tokenizer: Any, n_draws: int,
+                         rng: np.random.Generator, exclude: Sequence[int] = (),
+                         max_tries: int = 50) -> list[Unit]:
+    """Up to ``n_draws`` distinct random units of ``unit``'s length whose token at each
+    position is drawn uniformly from that position's frequency band (``exclude``, e.g. the
+    target's own tokens, left out); like ``top_units``, a draw must have usable text that
+    tokenizes back to its ids (``max_tries`` attempts per draw). None when a band is empty."""
+    size = bands.band.shape[0]
+    pools = []
+    for t in unit.ids:
+        b = int(bands.band[t]) if 0 <= t < size else -1
+        pool = np.setdiff1d(bands.members(b), np.asarray(exclude, dtype=np.int64)) \
+            if b >= 0 else np.zeros(0, dtype=np.int64)
+        if pool.size == 0:
+            return []
+        pools.append(pool)
+    out: list[Unit] = []
+    for _ in range(n_draws):
+        for _ in range(max_tries):
+            ids = tuple(int(rng.choice(pool)) for pool in pools)
+            if any(u.ids == ids for u in out):
+                continue
+            text = _unit_text(tokenizer, ids)
+            if _usable(text) and _roundtrips(tokenizer, text, ids):
+                out.append(Unit(ids, text, float("nan"), 0))
+                break
+    return out
+
+
 def inject(question: str, unit: str, strategy: str, where: float = 0.5) -> str:
     """``question`` with ``unit`` put before it, after it, or (``intersperse``) at the
     interior word boundary a fraction ``where`` in [0, 1) along it (drawn at random by
@@ -280,12 +374,14 @@ def inject(question: str, unit: str, strategy: str, where: float = 0.5) -> str:
 @dataclass
 class Target:
     """What is tested: ``name`` (``"latent 12"``, ``"liref"``), its ``column`` in the readout
-    table, the class it prefers (1 reasoning, 0 memory) and its top ``units``."""
+    table, the class it prefers (1 reasoning, 0 memory), its top ``units`` and, per unit
+    (keyed by its ids), its frequency-matched random units (``matched_random_units``)."""
 
     name: str
     column: int
     prefers: int
     units: list[Unit]
+    matched: dict[tuple[int, ...], list[Unit]] = field(default_factory=dict)
 
 
 #: ``score(question texts) -> {readout: [n, n_columns]}`` (readouts ``max``/``mean``/``position``)
@@ -319,26 +415,64 @@ def _choose_and_report(conds: Sequence[Condition], values: np.ndarray, base: np.
     return _d(values[idx][half:], base[half:]), best, every
 
 
+def _excess(base: np.ndarray, own: np.ndarray, rand: np.ndarray, n_resamples: int,
+            confidence: float, seed: int) -> dict[str, float]:
+    """Own units vs frequency-matched random units on the same prompts: ``base``, ``own``
+    ``[n]`` and ``rand`` ``[n, K]`` (K draws) readouts of the report-half prompts.
+    ``d_excess = d(own, base) - mean_k d(rand_k, base)`` with a percentile interval over
+    resamples of the prompts (one resample for all K + 2 columns: paired). An infinite d
+    (constant groups, e.g. a latent that reads one token and nothing else) counts as
+    ``+-D_CAP`` here, so that the difference and its interval stay defined."""
+    def capped(x: np.ndarray, b: np.ndarray) -> float:
+        return float(np.clip(_d(x, b), -D_CAP, D_CAP))
+
+    def stat(b: np.ndarray, o: np.ndarray, r: np.ndarray) -> float:
+        return capped(o, b) - float(np.mean([capped(r[:, k], b) for k in range(r.shape[1])]))
+
+    d_rand = float(np.mean([capped(rand[:, k], base) for k in range(rand.shape[1])]))
+    excess = capped(own, base) - d_rand
+    lo, hi = bootstrap_ci(stat, [base, own, rand], n_resamples, confidence, seed)
+    return {"d_random_matched": d_rand, "d_excess": excess, "d_excess_lo": lo,
+            "d_excess_hi": hi}
+
+
+def class_vs_random(d_excess: float | None, lo: float | None) -> str | None:
+    """The class of ``d_excess`` when its interval's lower bound ``lo`` is above 0, else
+    context-dependent (``None`` when there is no random-token baseline)."""
+    if d_excess is None or lo is None or math.isnan(d_excess) or math.isnan(lo):
+        return None
+    return injection_class(d_excess) if lo > 0 else CONTEXT_DEPENDENT
+
+
 def run_injection(targets: Sequence[Target], baselines: dict[int, list[str]], score: ScoreFn,
                   readouts: dict[int, str], strategies: Sequence[str] = STRATEGIES,
                   controls: Sequence[Unit] | dict[int, Sequence[Unit]] = (), seed: int = 0,
-                  extra_readouts: Sequence[str] = ()) -> list[dict[str, Any]]:
+                  extra_readouts: Sequence[str] = (), n_resamples: int = N_RESAMPLES,
+                  confidence: float = CONFIDENCE) -> list[dict[str, Any]]:
     """Inject every target's units (and the control units) into the baseline questions.
 
     Args:
-        targets: what to test. baselines: ``{class: questions}`` — a target preferring class
+        targets: what to test (with ``matched`` random units for the random-token baseline).
+            baselines: ``{class: questions}`` — a target preferring class
             c is injected into ``baselines[1 - c]`` (or ``baselines[-1]``, neutral texts, when
             present). score: scores question texts (templating and the model are the
-            caller's). readouts: ``{column: readout}`` (the primary readout per column).
+            caller's); called a second time for the matched random units of the chosen
+            conditions. readouts: ``{column: readout}`` (the primary readout per column).
         controls: random units, the same for every target, or ``{class: units}`` keyed like
             ``baselines`` (e.g. random units from the baseline class's own questions).
         extra_readouts: also report the chosen condition's d under these readouts.
+        n_resamples, confidence: the bootstrap interval of ``d_excess``.
 
     Returns:
-        One dict per target: ``name``, ``d`` (chosen condition, report half), ``class``,
-        ``best`` (``"<kind> '<text>' @ <strategy>"``), ``d_random`` (control, same protocol),
-        ``d_<readout>`` for the extra readouts, ``units`` and ``conditions`` (every
-        condition's d on all baseline prompts).
+        One dict per target: ``name``, ``d`` (chosen condition, report half), ``class``
+        (the old class, of ``d``), ``best`` (``"<kind> '<text>' @ <strategy>"``),
+        ``d_random`` (old control, same protocol), ``d_random_matched`` (mean d of the chosen
+        unit's frequency-matched random units, same strategy and insertion points, report
+        half), ``d_excess`` = ``d - d_random_matched`` (each |d| capped at ``D_CAP``) with
+        ``d_excess_lo``/``_hi``,
+        ``class_vs_random``, ``random_matched`` (their texts), ``d_<readout>`` for the extra
+        readouts, ``units`` and ``conditions`` (every condition's d on all baseline prompts).
+        The random-token keys are null when the chosen unit has no matched random units.
     """
     rng_seed = int(seed)
     texts: dict[str, int] = {}
@@ -372,6 +506,7 @@ def run_injection(targets: Sequence[Target], baselines: dict[int, list[str]], sc
             return out
 
         plans.append({"target": target, "base": [want(q) for q in questions],
+                      "questions": questions, "where": where,
                       "conds": conditions(target.units), "controls": conditions(ctrl)})
     if not texts:
         return []
@@ -387,6 +522,8 @@ def run_injection(targets: Sequence[Target], baselines: dict[int, list[str]], sc
         d_random, _, _ = _choose_and_report(plan["controls"], values, base)
         row: dict[str, Any] = {
             "name": target.name, "d": d, "class": injection_class(d), "d_random": d_random,
+            "d_random_matched": None, "d_excess": None, "d_excess_lo": None,
+            "d_excess_hi": None, "class_vs_random": None, "random_matched": [],
             "best": None, "units": [u.text for u in target.units], "conditions": every,
         }
         if best is not None:
@@ -395,8 +532,39 @@ def run_injection(targets: Sequence[Target], baselines: dict[int, list[str]], sc
             for extra in extra_readouts:
                 ev = table[extra][:, target.column].double().numpy()
                 row[f"d_{extra}"] = _d(ev[idx][rep], ev[plan["base"]][rep])
+            # the random-token baseline: the chosen condition with the unit swapped for
+            # frequency-matched random units (report half only)
+            draws = target.matched.get(unit.ids, [])
+            plan["matched"] = [[want(inject(q, r.text, strategy, float(w))) for q, w in
+                                zip(plan["questions"][rep], plan["where"][rep], strict=True)]
+                               for r in draws]
+            plan["own"] = idx[rep]
+            row["random_matched"] = [r.text for r in draws]
         else:
             for extra in extra_readouts:
                 row[f"d_{extra}"] = float("nan")
         rows.append(row)
+    _random_token_baseline(plans, rows, table, texts, score, readouts, n_resamples,
+                           confidence, rng_seed)
     return rows
+
+
+def _random_token_baseline(plans: list[dict[str, Any]], rows: list[dict[str, Any]],
+                           table: dict[str, torch.Tensor], texts: dict[str, int],
+                           score: ScoreFn, readouts: dict[int, str], n_resamples: int,
+                           confidence: float, seed: int) -> None:
+    """Score the texts of the matched random units not scored yet and fill every row's
+    random-token keys (``_excess``, ``class_vs_random``) in place."""
+    n_old = next(iter(table.values())).shape[0]
+    if len(texts) > n_old:
+        more = score(list(texts)[n_old:])
+        table = {k: torch.cat([v, more[k]]) for k, v in table.items() if k in more}
+    for plan, row in zip(plans, rows, strict=True):
+        if not plan.get("matched"):
+            continue
+        target: Target = plan["target"]
+        values = table[readouts[target.column]][:, target.column].double().numpy()
+        base = values[plan["base"]][len(plan["base"]) // 2:]
+        rand = np.stack([values[idx] for idx in plan["matched"]], 1)  # [n, K]
+        row.update(_excess(base, values[plan["own"]], rand, n_resamples, confidence, seed))
+        row["class_vs_random"] = class_vs_random(row["d_excess"], row["d_excess_lo"])

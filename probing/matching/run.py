@@ -57,7 +57,9 @@ LATENT_COLUMNS: tuple[str, ...] = (
     "test_mean_diff", "test_cohens_d", "test_auroc", "test_auroc_lo", "test_auroc_hi",
     "test_gap_share",
     "density", "max_activation",
-    "injection_d", "injection_class", "injection_d_random", "injection_d_max",
+    "injection_d", "injection_class", "injection_d_random", "injection_d_random_matched",
+    "injection_d_excess", "injection_d_excess_lo", "injection_d_excess_hi",
+    "injection_class_vs_random", "injection_d_max",
     "injection_d_mean", "injection_d_position", "injection_best", "injection_units",
 )
 #: what latents can be ranked by (everything computed before the ranking)
@@ -448,6 +450,9 @@ def run_matching(
             "injection_d": _py(inj["d"]) if inj else None,
             "injection_class": inj["class"] if inj else None,
             "injection_d_random": _py(inj["d_random"]) if inj else None,
+            **{f"injection_{k}": _py(inj[k]) if inj else None for k in (
+                "d_random_matched", "d_excess", "d_excess_lo", "d_excess_hi")},
+            "injection_class_vs_random": inj["class_vs_random"] if inj else None,
             **{f"injection_d_{h}": _py(inj.get(f"d_{h}")) if inj else None for h in READOUTS},
             "injection_best": inj["best"] if inj else None,
             "injection_units": " | ".join(inj["units"]) if inj else None,
@@ -541,7 +546,14 @@ def _injection(model: Any, tokenizer: Any, sae: Any, acts: Any, questions: Seque
                add_special: bool, inputs: MatchInputs, s: MatchSettings, progress: bool
                ) -> list[dict[str, Any]]:
     """The token-injection control of the top ``injection.top_k`` latents and the LiReF."""
-    from probing.matching.injection import ngram_table, random_units, run_injection, top_units
+    from probing.matching.injection import (
+        frequency_bands,
+        matched_random_units,
+        ngram_table,
+        random_units,
+        run_injection,
+        top_units,
+    )
     from probing.matching.scores import prompt_readouts
     from probing.questions.prompts import format_prompts
 
@@ -563,6 +575,14 @@ def _injection(model: Any, tokenizer: Any, sae: Any, acts: Any, questions: Seque
         units = top_units(tok.proj, table, token_train & (token_label == 1), tokenizer, counts,
                           cfg.min_count)
         targets.append(Target("liref", len(latents), 1, units))
+    # the random-token baseline: per unit, random units of its tokens' frequency bands (counted
+    # over the training prompts, where the units are read), none of the target's own tokens
+    bands = frequency_bands(tok.token, token_train, specials, cfg.n_freq_bands)
+    for target in targets:
+        rng = np.random.default_rng([cfg.seed, target.column])
+        own = sorted({t for u in target.units for t in u.ids})
+        target.matched = {u.ids: matched_random_units(u, bands, tokenizer, cfg.n_random_draws,
+                                                      rng, own) for u in target.units}
     controls: dict[int, list] = {}
     if cfg.random_control:  # random units from the questions they are injected into
         for key, use in ((0, token_label == 0), (1, token_label == 1), (-1, None)):
@@ -590,7 +610,7 @@ def _injection(model: Any, tokenizer: Any, sae: Any, acts: Any, questions: Seque
     log.info("token injection: %d targets x %d units x %d strategies x <= %d prompts",
              len(targets), sum(counts), len(cfg.strategies), cfg.n_prompts)
     rows = run_injection(targets, baselines, score, readouts, cfg.strategies, controls,
-                         cfg.seed, READOUTS)
+                         cfg.seed, READOUTS, s.n_resamples)
     for row, target in zip(rows, targets, strict=True):
         row["latent"] = latents[target.column] if target.column < len(latents) else None
         row["prefers"] = "reasoning" if target.prefers == 1 else "memory"
@@ -635,10 +655,21 @@ def _metrics(rows: list[dict[str, Any]], nulls: dict[str, Any], recon: dict[str,
         m["frac_token_driven_top20"] = classes.count("token-driven") / len(tested)
         m["frac_context_dependent_top20"] = classes.count("context-dependent") / len(tested)
         m["n_injection_tested"] = len(tested)
+        vs = [r["class_vs_random"] for r in tested if r.get("class_vs_random") is not None]
+        if vs:  # the headline classes: own tokens against frequency-matched random tokens
+            m["frac_token_driven_vs_random_top20"] = vs.count("token-driven") / len(vs)
+            m["frac_context_dependent_vs_random_top20"] = \
+                vs.count("context-dependent") / len(vs)
+            m["n_injection_vs_random"] = len(vs)
     liref = next((r for r in injection if r["name"] == "liref"), None)
     if liref is not None:
         m["liref_injection_d"] = liref["d"]
         m["liref_injection_d_random"] = liref["d_random"]
+        if liref.get("d_excess") is not None:
+            for k in ("d_random_matched", "d_excess", "d_excess_lo", "d_excess_hi"):
+                m[f"liref_injection_{k}"] = liref[k]
+            m["liref_injection_token_driven_vs_random"] = float(
+                liref["class_vs_random"] not in (None, "context-dependent"))
     return m
 
 

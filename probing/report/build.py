@@ -192,7 +192,9 @@ def _sae_section(st: _Stage) -> list[Block]:
 
 #: columns of the matching table, in order, when the latents table has them
 MATCH_COLUMNS = ("rank", "latent", "decoder_cosine", "cosine_p", "cosine_q", "reason_score",
-                 "gap_share", "auroc", "cohens_d", "density", "injection_d", "injection_class")
+                 "gap_share", "auroc", "cohens_d", "density", "injection_d_excess",
+                 "injection_d_excess_lo", "injection_d_excess_hi", "injection_class_vs_random",
+                 "injection_d", "injection_class")
 
 
 def _table_from_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
@@ -207,8 +209,12 @@ MATCH_HEADLINE = ("top1_latent", "top1_cosine", "top1_p", "top1_p_random", "k_fo
                   "gap_error_share", "sparse_latents_auroc_k1", "sparse_latents_auroc_k5",
                   "sparse_latents_auroc_k20", "sparse_neurons_auroc_k1",
                   "sparse_neurons_auroc_k5", "dense_auroc", "liref_auroc", "bow_auroc",
-                  "frac_token_driven_top20", "frac_context_dependent_top20",
-                  "liref_injection_d", "liref_injection_d_random")
+                  "frac_token_driven_vs_random_top20",
+                  "frac_context_dependent_vs_random_top20", "frac_token_driven_top20",
+                  "frac_context_dependent_top20", "liref_injection_d_excess",
+                  "liref_injection_d_excess_lo", "liref_injection_d_excess_hi",
+                  "liref_injection_token_driven_vs_random", "liref_injection_d",
+                  "liref_injection_d_random_matched", "liref_injection_d_random")
 
 
 def _headline(st: _Stage, keys: Sequence[str] | None = None) -> Block:
@@ -248,7 +254,12 @@ def _match_section(st: _Stage, top: int = 10) -> list[Block]:
     blocks = [Block("h2", HEADINGS["match"]),
               Block("p", "Decoder cosines are tested against random-direction and label-permuted "
                          "nulls (BH-corrected); the token-injection control says whether a "
-                         "latent's response is carried by surface tokens.")]
+                         "latent's response is carried by surface tokens. Its headline class "
+                         "(injection_class_vs_random) weighs a latent's own tokens against as "
+                         "many random tokens of the same corpus frequency bands at the same "
+                         "positions: token-driven only when the bootstrap interval of "
+                         "d_excess = d - d_random_matched lies above 0; injection_class is the "
+                         "old class, from d alone.")]
     if latents:
         header, rows = _table_from_rows(latents[:top], MATCH_COLUMNS)
         blocks.append(Block("table", f"top {min(top, len(latents))} latents", header, rows))

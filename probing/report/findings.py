@@ -279,6 +279,25 @@ def _saebench_readout(st: StageLike) -> Parts:
         parts += [" vs neurons "]
         parts += _joined(st, [f"{pre}neurons_k{k}_accuracy" for k in neurons])
     return parts
+def _token_injection(st: StageLike) -> Finding | None:
+    """The LiReF's and the top latents' token-injection class against frequency-matched random
+    tokens (the headline), the old class (own tokens vs no insertion) beside it."""
+    m = st.metrics
+    parts: Parts = []
+    if "liref_injection_d_excess" in m:
+        parts += ["LiReF projection: own top tokens move it by d ", _num(st, "liref_injection_d"),
+                  " vs ", _num(st, "liref_injection_d_random_matched"),
+                  " for random tokens of the same frequency bands at the same positions, "
+                  "excess ", _num(st, "liref_injection_d_excess", signed=True, strong=True),
+                  " [", _num(st, "liref_injection_d_excess_lo", signed=True), ", ",
+                  _num(st, "liref_injection_d_excess_hi", signed=True), "]"]
+    if "frac_token_driven_vs_random_top20" in m:
+        parts += ["; " if parts else "", "share of the top latents token-driven against "
+                  "random tokens ", _num(st, "frac_token_driven_vs_random_top20", strong=True)]
+        if "frac_token_driven_top20" in m:
+            parts += [" (old class, own tokens vs none: ", _num(st, "frac_token_driven_top20"),
+                      ")"]
+    return Finding(anchor("match"), "Token injection", parts) if parts else None
 
 
 def _joined(st: StageLike, keys: Sequence[str], strong: bool = False) -> Parts:
@@ -408,7 +427,8 @@ def findings(stages: Mapping[str, StageLike]) -> list[Finding]:
     if "sae" in stages:
         out.append(_sae(stages["sae"]))
     if "match" in stages:
-        out += [_best_latent(stages["match"]), _sparse_readout(stages["match"])]
+        out += [_best_latent(stages["match"]), _sparse_readout(stages["match"]),
+                _token_injection(stages["match"])]
     if "steer" in stages:
         st = stages["steer"]
         steer = _Steering(st)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from probing.matching.injection import class_vs_random
 from probing.matching.inputs import load_match
 from probing.matching.run import LATENT_COLUMNS
 from probing.sae.training import save_sae
@@ -114,6 +115,7 @@ def test_job_writes_the_ranked_latent_table(matched: Path, setup: Setup) -> None
         assert 0.0 <= r["density"] <= 1.0 and r["max_activation"] >= 0.0
     tested = [r for r in rows if r["injection_class"] is not None]
     assert [r["rank"] for r in tested] == [1, 2, 3]  # matching.injection.top_k=3
+    assert [r["rank"] for r in rows if r["injection_class_vs_random"] is not None] == [1, 2, 3]
     assert all(r["injection_d"] is None for r in rows[3:])
     assert rows[0]["test_auroc_lo"] is not None and rows[10]["test_auroc_lo"] is None
     assert info["layer"] == 1 and info["d_sae"] == 64 and info["d_model"] == 32
@@ -145,6 +147,13 @@ def test_job_writes_reconstruction_probes_injection_and_plots(matched: Path) -> 
     assert saebench["protocol"]["ks"] == [1, 2, 5]
     inj = json.loads((matched / "injection.json").read_text())
     assert [r["name"] for r in inj][-1] == "liref" and len(inj) == 4
+    # the random-token baseline: frequency-matched random units at the chosen condition
+    assert all(r["random_matched"] for r in inj), [r["random_matched"] for r in inj]
+    for r in inj:
+        assert r["class_vs_random"] == class_vs_random(r["d_excess"], r["d_excess_lo"])
+        assert r["d_excess_lo"] <= r["d_excess_hi"]
+        if r["d"] is not None:  # null: infinite (constant groups), capped in d_excess
+            assert r["d_excess"] == pytest.approx(r["d"] - r["d_random_matched"])
     gap = json.loads((matched / "gap.json").read_text())
     assert abs(gap["train"]["check"]) < 1e-6 * max(1.0, abs(gap["train"]["gap"]))
     for png in ("cosine_hist", "reconstruction", "sparse_probes", "top_latents_hist"):
@@ -162,9 +171,19 @@ def test_job_writes_reconstruction_probes_injection_and_plots(matched: Path) -> 
                 "sparse_latents_auroc_k20", "bow_auroc", "dense_auroc",
                 "frac_token_driven_top20", "liref_injection_d", "direction_agreement",
                 "sparse_probe/saebench/latents_k1_accuracy",
-                "sparse_probe/saebench/neurons_k5_auroc_ci_low"):
+                "sparse_probe/saebench/neurons_k5_auroc_ci_low",
+                "frac_token_driven_vs_random_top20", "liref_injection_d_excess",
+                "liref_injection_d_excess_lo", "liref_injection_token_driven_vs_random"):
         assert key in metrics, key
     assert metrics["direction_agreement"] > 0.999  # same prompts, same layer as the probe
+    # the report's matching section leads with the class against random tokens, old beside it
+    from probing.report.build import _match_section, _Stage
+
+    tables = [b for b in _match_section(_Stage("match", matched)) if b.kind == "table"]
+    header = tables[0].header
+    assert header.index("injection_class_vs_random") < header.index("injection_class")
+    assert {"frac_token_driven_vs_random_top20", "liref_injection_d_excess"} <= \
+        {row[0] for row in tables[-1].rows}
     run = read_offline_run(next((matched / "wandb").glob("offline-run-*")))
     assert run["summary"]["top1_cosine"] == pytest.approx(metrics["top1_cosine"])
 

@@ -22,8 +22,11 @@ from probing.matching.injection import (
     InjectionConfig,
     Target,
     Unit,
+    class_vs_random,
+    frequency_bands,
     inject,
     injection_class,
+    matched_random_units,
     ngram_table,
     random_units,
     run_injection,
@@ -385,6 +388,15 @@ def test_injection_classes_and_strategies():
         InjectionConfig(baseline="other")
     with pytest.raises(LirefError, match="unknown injection"):
         InjectionConfig.from_dict({"n_promts": 5})
+    with pytest.raises(LirefError, match="n_freq_bands"):
+        InjectionConfig(n_freq_bands=0)
+    with pytest.raises(LirefError, match="n_random_draws"):
+        InjectionConfig(n_random_draws=-1)
+    # token-driven against random tokens only when the interval of d_excess is above 0
+    assert class_vs_random(1.5, 0.1) == "token-driven"
+    assert class_vs_random(0.6, 0.05) == "partly token-driven"
+    assert class_vs_random(1.5, -0.1) == "context-dependent"
+    assert class_vs_random(None, None) is None and class_vs_random(float("nan"), 0.1) is None
 
 
 MEMORY = [f"which colour is the favourite of person {i} ?" for i in range(40)]
@@ -397,32 +409,102 @@ def _noise(text: str, column: int) -> float:
 
 def _synthetic_score(texts: list[str]) -> dict[str, torch.Tensor]:
     """Column 0 fires on the word 'plus' (a token latent); column 1 fires on the context
-    pattern '<number> plus <number>' (a context latent): its words alone do not make it."""
+    pattern '<number> plus <number>' (a context latent): its words alone do not make it;
+    column 2 counts words (a length latent: any inserted word moves it alike)."""
     import re
 
-    out = torch.zeros((len(texts), 2))
+    out = torch.zeros((len(texts), 3))
     for i, t in enumerate(texts):
         words = t.split()
         out[i, 0] = (2.0 if "plus" in words else 0.0) + _noise(t, 0)
         out[i, 1] = (2.0 if re.search(r"\d+ plus \d+", t) else 0.0) + _noise(t, 1)
+        out[i, 2] = len(words) + _noise(t, 2)
     return {"max": out, "mean": out / 4, "position": out}
 
 
 def test_token_latent_is_token_driven_and_context_latent_is_not():
     units = [Unit((5,), "plus", 2.0, 40),
              Unit((6, 5), "much is", 2.0, 40), Unit((7, 6, 5), "how much is", 2.0, 40)]
-    targets = [Target("latent 0", 0, 1, units), Target("latent 1", 1, 1, units)]
+    # frequency-matched random units per unit (as matched_random_units would draw them)
+    words = ["zebra", "seven", "lamp", "river", "blue", "stone"]
+    matched = {u.ids: [Unit(tuple(range(20 + k, 20 + k + len(u.ids))),
+                            " ".join(words[(k + j) % 6] for j in range(len(u.ids))),
+                            float("nan"), 0) for k in range(5)] for u in units}
+    targets = [Target(f"latent {c}", c, 1, units, matched) for c in range(3)]
     controls = [Unit((9,), "zebra", float("nan"), 0), Unit((10,), "seven", float("nan"), 0)]
-    rows = run_injection(targets, {0: MEMORY[:32], 1: REASONING[:32]}, _synthetic_score,
-                         {0: "max", 1: "max"}, controls=controls, seed=0,
-                         extra_readouts=("position",))
-    token, context = rows
+    calls = []
+
+    def score(texts: list[str]) -> dict[str, torch.Tensor]:
+        calls.append(len(texts))
+        return _synthetic_score(texts)
+
+    rows = run_injection(targets, {0: MEMORY[:32], 1: REASONING[:32]}, score,
+                         {0: "max", 1: "max", 2: "max"}, controls=controls, seed=0,
+                         extra_readouts=("position",), n_resamples=300)
+    token, context, length = rows
     assert token["class"] == "token-driven" and token["d"] > 2
     assert token["best"].startswith("token 'plus'") or "plus" in token["best"]
     assert context["class"] in ("context-dependent", "weakly token-driven") and \
         context["d"] < 0.5
     assert abs(token["d_random"]) < 0.8 and abs(context["d_random"]) < 0.8
     assert len(token["conditions"]) == 3 * len(units) and "d_position" in token
+    # against frequency-matched random tokens: the token latent stays token-driven ...
+    assert token["class_vs_random"] == "token-driven" and token["d_excess_lo"] > 0
+    assert abs(token["d_random_matched"]) < 0.8 and len(token["random_matched"]) == 5
+    assert token["d_excess"] == pytest.approx(token["d"] - token["d_random_matched"])
+    assert token["d_excess_lo"] < token["d_excess_hi"]
+    # ... the context latent is not, and neither is the length latent, which the old
+    # class (own tokens vs no insertion) calls token-driven: any word moves it alike
+    assert context["class_vs_random"] == "context-dependent"
+    assert length["class"] == "token-driven" and length["d"] > 2
+    assert length["d_random_matched"] > 2 and length["d_excess_lo"] <= 0
+    assert length["class_vs_random"] == "context-dependent"
+    # the second score call holds only the matched random texts (report half, chosen strategy)
+    assert len(calls) == 2 and 0 < calls[1] <= 3 * 5 * 16
+    no_draws = run_injection([Target("latent 0", 0, 1, units)], {0: MEMORY[:8]},
+                             _synthetic_score, {0: "max"}, n_resamples=50)[0]
+    assert no_draws["class_vs_random"] is None and no_draws["d_excess"] is None
+
+
+def test_frequency_bands_and_matched_draws(tiny_llama):
+    _, tok = tiny_llama
+    text = " ".join(["the"] * 30 + ["cat sat on the mat"] * 6 + ["a dog ran far away"] * 3 +
+                    ["zebra quietly hums", "violet kettle", "seven", "rivers"])
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    token = torch.tensor(ids + [tok.eos_token_id or 0])
+    use = torch.ones_like(token, dtype=torch.bool)
+    bands = frequency_bands(token, use, tok.all_special_ids, n_bands=3)
+    count = bands.count
+    assert int(count[ids[0]]) == ids.count(ids[0]) and len(bands.edges) == 2
+    seen = count > 0
+    assert bool((bands.band[seen] >= 0).all()) and bool((bands.band[~seen] == -1).all())
+    for s in tok.all_special_ids:  # specials are never drawn
+        assert s >= count.shape[0] or int(bands.band[s]) == -1
+    # bands are ordered by count: every token of a higher band is more frequent
+    for b in range(2):
+        lower, upper = bands.members(b), bands.members(b + 1)
+        if lower.size and upper.size:
+            assert int(count[lower].max()) < int(count[upper].min())
+    rare = min(set(ids), key=lambda t: (int(count[t]), t))
+    common = max(set(ids), key=lambda t: int(count[t]))
+    for unit_ids in ((rare,), (common, rare)):
+        unit = Unit(unit_ids, tok.decode(list(unit_ids)).strip(), 1.0, 1)
+        draws = matched_random_units(unit, bands, tok, 4, np.random.default_rng(1),
+                                     exclude=unit_ids)
+        assert draws and len({d.ids for d in draws}) == len(draws)
+        for d in draws:
+            assert len(d.ids) == len(unit_ids) and not set(d.ids) & set(unit_ids)
+            assert all(int(bands.band[a]) == int(bands.band[b])
+                       for a, b in zip(d.ids, unit_ids, strict=True))
+            assert tuple(tok(d.text, add_special_tokens=False)["input_ids"]) == d.ids or \
+                tuple(tok(" " + d.text, add_special_tokens=False)["input_ids"]) == d.ids
+        again = matched_random_units(unit, bands, tok, 4, np.random.default_rng(1),
+                                     exclude=unit_ids)
+        assert [d.ids for d in again] == [d.ids for d in draws]  # seeded
+    assert all(b.size for b in map(bands.members, range(3)))
+    whole_band = bands.members(int(bands.band[rare]))  # nothing left to draw from
+    assert matched_random_units(Unit((rare,), "x", 1.0, 1), bands, tok, 3,
+                                np.random.default_rng(0), exclude=whole_band) == []
 
 
 def test_top_units_read_off_the_token_stream(tiny_llama):
@@ -512,9 +594,16 @@ def test_planted_token_latent_on_a_model_is_token_driven(embedding_model):
         return prompt_readouts(model, tok, sae, [f"Q: {t}\nA: " for t in texts], 0, [0, 1],
                                r, "mean", progress=False)
 
-    rows = run_injection([Target("latent 0", 0, 1, units)], {0: memory, 1: reasoning}, score,
-                         {0: "max"}, controls=[], seed=0)
+    bands = frequency_bands(acts.tokens.token, torch.ones_like(use), tok.all_special_ids, 3)
+    own = [t for u in units for t in u.ids]
+    matched = {u.ids: matched_random_units(u, bands, tok, 3, np.random.default_rng(0), own)
+               for u in units}
+    rows = run_injection([Target("latent 0", 0, 1, units, matched)], {0: memory, 1: reasoning},
+                         score, {0: "max"}, controls=[], seed=0, n_resamples=200)
     assert rows[0]["class"] == "token-driven", rows[0]
+    # against random tokens of the same frequency bands at the same positions, too
+    assert rows[0]["random_matched"] and rows[0]["d_random_matched"] == 0.0
+    assert rows[0]["class_vs_random"] == "token-driven" and rows[0]["d_excess_lo"] > 0
     readouts = score(memory[:3])
     assert torch.allclose(readouts["max"][:, 0], torch.zeros(3))
 

@@ -373,3 +373,25 @@ def test_sweep_figures_keep_at_most_three_panels_a_row(tmp_path):
     shutil.copy(path, run / "steer" / "steer_teacher_forced_add_L2.png")
     page, _ = parse(run)
     assert page.wide_images == [data]  # drawn in the current layout: embedded as it is
+
+
+def test_token_injection_leads_with_the_class_against_random_tokens(tmp_path):
+    run = write_run(tmp_path, stages=("match",))
+    injection = {"liref_injection_d": 2.5, "liref_injection_d_random_matched": 0.4,
+                 "liref_injection_d_excess": 2.1, "liref_injection_d_excess_lo": 1.2,
+                 "liref_injection_d_excess_hi": 3.0, "frac_token_driven_vs_random_top20": 0.25,
+                 "frac_token_driven_top20": 0.9}
+    latents = [{"rank": 1, "latent": 17, "injection_d_excess": 0.1, "injection_d_excess_lo": -0.3,
+                "injection_d_excess_hi": 0.5, "injection_class_vs_random": "context-dependent",
+                "injection_d": 1.4, "injection_class": "token-driven"}]
+    _write(run / "match", {**MATCH, **injection}, {"latents.json": latents})
+    page, md = parse(run)
+    check_findings(page, run)
+    assert ("LiReF projection: own top tokens move it by d 2.500 vs 0.400 for random tokens of "
+            "the same frequency bands at the same positions, excess +2.100 [+1.200, +3.000]; "
+            "share of the top latents token-driven against random tokens 0.250 (old class, own "
+            "tokens vs none: 0.900)") in lines(page)["Token injection"]
+    # the latents table: the class against random tokens before the old class
+    header = next(line for line in md.splitlines() if line.startswith("| rank |"))
+    assert header.index("| injection_class_vs_random |") < header.index("| injection_class |")
+    assert "| injection_d_excess_lo |" in header
