@@ -279,6 +279,8 @@ def _saebench_readout(st: StageLike) -> Parts:
         parts += [" vs neurons "]
         parts += _joined(st, [f"{pre}neurons_k{k}_accuracy" for k in neurons])
     return parts
+
+
 def _token_injection(st: StageLike) -> Finding | None:
     """The LiReF's and the top latents' token-injection class against frequency-matched random
     tokens (the headline), the old class (own tokens vs no insertion) beside it."""
