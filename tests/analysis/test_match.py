@@ -183,7 +183,7 @@ def test_job_writes_reconstruction_probes_injection_and_plots(matched: Path) -> 
     header = tables[0].header
     assert header.index("injection_class_vs_random") < header.index("injection_class")
     assert {"frac_token_driven_vs_random_top20", "liref_injection_d_excess"} <= \
-        {row[0] for row in tables[-1].rows}
+        {row[0] for t in tables for row in t.rows}
     run = read_offline_run(next((matched / "wandb").glob("offline-run-*")))
     assert run["summary"]["top1_cosine"] == pytest.approx(metrics["top1_cosine"])
 
