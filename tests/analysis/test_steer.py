@@ -130,9 +130,8 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
     permuted-label erasers, generation on a subset."""
     from hydra import compose, initialize_config_dir
 
-    from probing.steering import load_erasers
-
     from analysis.steer import steer_job
+    from probing.steering import load_erasers
     from train.jobkit import CONFIG_PATH, JobContext
     from train.tracking import Tracker
 
