@@ -60,8 +60,8 @@ def _compact(eraser: Any) -> Any:
 
     left, right = eraser.proj_left, eraser.proj_right
     size = left.norm(dim=0) * right.norm(dim=1)  # [k]
-    keep = size > _RANK_TOL * float(size.max()) if size.numel() and float(size.max()) > 0 \
-        else torch.zeros_like(size, dtype=torch.bool)
+    top = float(size.max()) if size.numel() else 0.0
+    keep = size > _RANK_TOL * top if top > 0 else torch.zeros_like(size, dtype=torch.bool)
     return LeaceEraser(left[:, keep].contiguous(), right[keep].contiguous(), eraser.bias)
 
 

@@ -80,7 +80,8 @@ class SteeringSettings:
     probe run's chosen layer (``best_layer`` in its ``metrics.json``). ``strengths``: per intervention,
     in ``units`` for ``add`` (``abs`` residual units, ``gap`` x ||diff-in-means||, ``norm`` x the
     mean residual norm at the last prompt token), the scale for ``scale`` / ``released``, x the
-    latent's max activation for ``add_latent`` / ``clamp_latent``. ``headline``: the strength
+    latent's max activation for ``add_latent`` / ``clamp_latent`` (``ablate`` and ``erase``, the
+    LEACE erasure of the probe's labels, take none). ``headline``: the strength
     whose effects go into ``metrics.json``, fixed in advance (never picked on the results).
     """
 
