@@ -61,6 +61,7 @@ STUDY_OVERRIDES = (
     "matching.reconstruction.max_k=16", "matching.n_resamples=200",
     "steer.n_per_set=40", "steering.strengths.add=[1.0]", "steering.strengths.add_latent=[4.0]",
     "steering.strengths.clamp_latent=[0.0]", "steering.controls.n_random_latents=1",
+    "steering.controls.n_permuted=2",
     "steering.n_resamples=200",
 )
 

@@ -24,6 +24,31 @@ def write_questions(path: Path, n_per_label: int = 24) -> Path:
     return path
 
 
+def write_probe_activations(folder: Path, acts: Any, layers: list[int], labels: list[str],
+                            ids: list[str], train: list[str]) -> Path:
+    """A probe run's pointer to its activations as ``train.probe`` writes it: an activation
+    cache entry holding ``acts [N, L, d]`` (``folder/cache``), ``activations.json`` naming it
+    and a hold-out ``split.json`` whose training part is ``train``."""
+    from probing.activations.cache import ActivationCache
+    from probing.io import write_json
+
+    cache = ActivationCache(folder / "cache")
+    manifest = cache.entry.new_manifest(
+        model="tiny", model_fingerprint="-", position="last", data_fingerprint="-",
+        ids_fingerprint="-", add_special_tokens=True, dtype="float32", layers=list(layers),
+        n=len(ids), d_model=int(acts.shape[-1]), shard_size=len(ids), labels=list(labels),
+        ids=list(ids), liref_version="test")
+    cache.write_shard(manifest, 0, acts.float().contiguous())
+    manifest["complete"] = True
+    cache.entry.write_manifest(manifest)
+    rest = [i for i in ids if i not in set(train)]
+    write_json(folder / "activations.json", {"cache": str(cache.folder), "layers": list(layers)})
+    write_json(folder / "split.json", {"mode": "holdout", "seed": 0, "train": list(train),
+                                       "val": rest[: len(rest) // 2],
+                                       "test": rest[len(rest) // 2:]})
+    return folder
+
+
 def run_module(module: str, *overrides: str, cwd: Path, timeout: int = 300,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m module overrides...`` in ``cwd`` with the cache inside ``cwd``."""

@@ -273,7 +273,9 @@ def _match_section(st: _Stage, top: int = 10) -> list[Block]:
 
 
 #: order of the steering conditions in the report's tables
-CONDITION_ORDER = ("direction", "negated", "random", "orthogonal")
+CONDITION_ORDER = ("direction", "negated", "random", "orthogonal", "permuted")
+#: interventions shown next to each other (erasure beside ablation), the rest alphabetically after
+INTERVENTION_ORDER = ("add", "ablate", "erase")
 
 
 def _steer_effects(metrics: Mapping[str, Any]) -> dict[tuple[str, str, str, str], set[str]]:
@@ -296,7 +298,9 @@ def _steer_section(st: _Stage) -> list[Block]:
                          "(difference with a paired bootstrap 95% interval, exact McNemar p). "
                          "Controls: random directions of the same norm (mean over seeds), the "
                          "negated direction, the direction orthogonalised against the matched "
-                         "latents, random latents of similar firing density. Strengths shown: "
+                         "latents, random latents of similar firing density; LEACE erasure of "
+                         "the label (erase) beside erasers fitted on permuted labels (mean over "
+                         "seeds). Strengths shown: "
                          + (", ".join(f"{k} {v:g}" for k, v in sorted(heads.items()))
                             or "n/a") + " (fixed in the config before the run).")]
     blocks += _ground_truth_blocks(st)
@@ -323,7 +327,7 @@ def _paired_blocks(st: _Stage) -> list[Block]:
                         if stat.endswith("_diff") and stat.startswith(("rate_", "margin",
                                                                        "logp_gold"))})
         rows = []
-        for intervention in sorted({k[2] for k in mine}):
+        for intervention in sorted({k[2] for k in mine}, key=_intervention_rank):
             conds = sorted({k[3] for k in mine if k[2] == intervention},
                            key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER
                                           else len(CONDITION_ORDER), c))
@@ -338,6 +342,7 @@ def _paired_blocks(st: _Stage) -> list[Block]:
             summary += f"; +LiReF accuracy diff {st.ci(head).text}"
             if f"{set_}/{metric}/add/random/diff" in m:
                 summary += f" vs random {fmt(m[f'{set_}/{metric}/add/random/diff'])}"
+        summary += _removal_summary(st, f"{set_}/{metric}")
         blocks.append(Block("table", "paired effects at the headline strength (accuracy "
                                      "difference to the unsteered run)",
                             ["intervention", "condition", "accuracy diff [95% CI]", "McNemar p",
@@ -347,6 +352,25 @@ def _paired_blocks(st: _Stage) -> list[Block]:
         blocks.insert(1, Block("p", "Every setting beside the unsteered run on the same items, "
                                     "one table per set (click a line to open it)."))
     return blocks
+
+
+def _intervention_rank(name: str) -> tuple[int, str]:
+    return (INTERVENTION_ORDER.index(name) if name in INTERVENTION_ORDER
+            else len(INTERVENTION_ORDER), name)
+
+
+def _removal_summary(st: _Stage, base: str) -> str:
+    """``; ablate diff [CI] vs random x; erase (LEACE) diff [CI] vs permuted labels y``: removing
+    the direction beside removing all linear information about the label."""
+    m = st.metrics
+    out = ""
+    for name, what, control, text in (("ablate", "ablate", "random", "random"),
+                                      ("erase", "erase (LEACE)", "permuted", "permuted labels")):
+        if f"{base}/{name}/direction/diff" in m:
+            out += f"; {what} {st.ci(f'{base}/{name}/direction/diff').text}"
+            if f"{base}/{name}/{control}/diff" in m:
+                out += f" vs {text} {fmt(m[f'{base}/{name}/{control}/diff'])}"
+    return out
 
 
 def _steer_images(st: _Stage) -> list[Block]:

@@ -17,7 +17,8 @@ CONFLICT_SETS = (("conflict_counterfactual", "counterfactual statement"),
 _CONDITIONS = (("add", "direction", "+LiReF"), ("add", "negated", "-LiReF"),
                ("add", "random", "random (mean)"), ("add", "conflict", "+conflict direction"),
                ("add", "negated_conflict", "-conflict direction"),
-               ("ablate", "direction", "ablate LiReF"), ("ablate", "random", "ablate random"))
+               ("ablate", "direction", "ablate LiReF"), ("ablate", "random", "ablate random"),
+               ("erase", "direction", "erase (LEACE)"), ("erase", "permuted", "erase permuted"))
 
 
 def _counts(st: Any) -> list[Block]:
@@ -75,11 +76,13 @@ def _readout(st: Any) -> list[Block]:
 
 def _steering(steer: Any) -> list[Block]:
     rows: list[list[Cell | str]] = []
+    erased = any("/erase/" in k for k in steer.metrics)  # its columns only when it ran
+    conds = [c for c in _CONDITIONS if c[0] != "erase" or erased]
     for metric in ("teacher_forced", "generate"):
         for set_, what in CONFLICT_SETS:
             rows += _steering_rows(steer, f"{set_}/{metric}", what,
                                    "teacher-forced" if metric == "teacher_forced" else
-                                   "generated")
+                                   "generated", conds)
     if not rows:
         return []
     return [Block("p", "Steering at the headline strength on held-out facts. Teacher-forced: a "
@@ -91,10 +94,11 @@ def _steering(steer: Any) -> list[Block]:
                        "and -LiReF the memory rate, while consistent items stay right. "
                        "Difference from the unsteered run, paired 95% bootstrap interval."),
             Block("table", "conflict sets under steering",
-                  ["items", "scored", "score", "unsteered", *[c[2] for c in _CONDITIONS]], rows)]
+                  ["items", "scored", "score", "unsteered", *[c[2] for c in conds]], rows)]
 
 
-def _steering_rows(steer: Any, base: str, what: str, scored: str) -> list[list[Cell | str]]:
+def _steering_rows(steer: Any, base: str, what: str, scored: str,
+                   conds: list[tuple[str, str, str]]) -> list[list[Cell | str]]:
     m = steer.metrics
     scores = sorted({k.split("/")[-1] for k in m if k.startswith(f"{base}/unsteered/rate_")
                      or k == f"{base}/unsteered/margin"})
@@ -102,7 +106,7 @@ def _steering_rows(steer: Any, base: str, what: str, scored: str) -> list[list[C
     for score in scores:
         cells: list[Cell | str] = [what, scored, score.removeprefix("rate_"),
                                    steer.cell(f"{base}/unsteered/{score}")]
-        for intervention, cond, _ in _CONDITIONS:
+        for intervention, cond, _ in conds:
             key = f"{base}/{intervention}/{cond}/{score}_diff"
             cells.append(steer.ci(key) if key in m else Cell("n/a"))
         rows.append(cells)

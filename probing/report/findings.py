@@ -389,8 +389,8 @@ def _ground_truth(st: StageLike, steer: _Steering) -> list[Finding]:
 
 def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
     """One line per steered set (a real model's): +LiReF's change of the gold answer's
-    log-probability (accuracy when not recorded) beside random directions, -LiReF and the
-    ablations."""
+    log-probability (accuracy when not recorded) beside random directions, -LiReF, the
+    ablations and the LEACE erasures."""
     sets = list(dict.fromkeys(k.split("/")[0] for k in st.metrics
                               if k.count("/") == 4 and "/add/direction/" in k
                               and not k.startswith("conflict_")))  # those: _conflict_steering
@@ -415,6 +415,12 @@ def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
             if pre + f"ablate/random/{stat}" in st.metrics:
                 parts += [" vs ", _num(st, pre + f"ablate/random/{stat}", True),
                           " for random ablations"]
+        if pre + f"erase/direction/{stat}" in st.metrics:
+            parts += ["; erasing the label (LEACE) ", *_ci(st, pre + f"erase/direction/{stat}",
+                                                            True)]
+            if pre + f"erase/permuted/{stat}" in st.metrics:
+                parts += [" vs ", _num(st, pre + f"erase/permuted/{stat}", True),
+                          " for erasers of permuted labels"]
         out.append(Finding(anchor("paired"), f"+LiReF on {set_}", parts))
     return out
 

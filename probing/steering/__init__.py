@@ -1,7 +1,8 @@
 """Steering: interventions on the residual stream (``interventions``), the ``steer`` context
 (``context``: one or several settings per batch, hooks through ``probing.model.hooks``),
 published presets (``presets``), controls (``controls``: same-norm random directions,
-orthogonalised directions, density-matched random latents), readers of probe / matching run
+orthogonalised directions, density-matched random latents), LEACE erasers of a probe run's
+labels (``erasure``), readers of probe / matching run
 folders (``sources``), the settings of a sweep (``sweep``), their evaluation on question sets
 (``evaluate``) and a whole run (``run``: ``run_steering``)."""
 
@@ -14,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "AddDirection": "probing.steering.interventions",
     "AddLatent": "probing.steering.interventions",
     "ClampLatent": "probing.steering.interventions",
+    "EraseConcept": "probing.steering.interventions",
     "Intervention": "probing.steering.interventions",
     "ScaleProjection": "probing.steering.interventions",
     "Steering": "probing.steering.context",
@@ -28,6 +30,11 @@ _EXPORTS: dict[str, str] = {
     "ProbeRun": "probing.steering.sources",
     "load_match_run": "probing.steering.sources",
     "load_probe_run": "probing.steering.sources",
+    "LayerErasers": "probing.steering.erasure",
+    "fit_eraser": "probing.steering.erasure",
+    "fit_probe_erasers": "probing.steering.erasure",
+    "load_erasers": "probing.steering.erasure",
+    "save_erasers": "probing.steering.erasure",
     "EvalSet": "probing.steering.evaluate",
     "evaluate_generation": "probing.steering.evaluate",
     "evaluate_teacher_forced": "probing.steering.evaluate",

@@ -31,7 +31,7 @@ from torch import nn
 
 from probing.errors import LirefError
 from probing.model.hooks import ForwardPositions, modify_sites, track_positions
-from probing.steering.interventions import Add, Clamp, Intervention, Op, Project
+from probing.steering.interventions import Add, Clamp, Erase, Intervention, Op, Project
 
 __all__ = ["Steering", "steer", "steer_settings"]
 
@@ -192,7 +192,30 @@ class _ClampGroup(_Group):
         return h + change.reshape(batch, width, d).to(h.device, h.dtype)
 
 
-_GROUPS: dict[type, type[_Group]] = {Add: _AddGroup, Project: _ProjectGroup, Clamp: _ClampGroup}
+class _EraseGroup(_Group):
+    """Affine erasures ``h - ((h - bias) @ right.T) @ left.T``; ranks padded with zeros."""
+
+    def build(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        ops: list[Erase] = self.ops  # type: ignore[assignment]
+        d, k = ops[0].left.shape[0], max(op.left.shape[1] for op in ops)
+        left = torch.zeros((len(ops), d, k), dtype=torch.float64)
+        right = torch.zeros((len(ops), k, d), dtype=torch.float64)
+        for j, op in enumerate(ops):
+            left[j, :, : op.left.shape[1]] = op.left
+            right[j, : op.right.shape[0]] = op.right
+        bias = torch.stack([op.bias for op in ops])
+        return left.to(device, dtype), right.to(device, dtype), bias.to(device, dtype)
+
+    def delta(self, h: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        left, right, bias = self.tables(h.device, h.dtype)
+        if left.shape[0] == 1:
+            return h - ((h - bias[0]) @ right[0].T) @ left[0].T
+        coords = torch.einsum("btd,bkd->btk", h - bias[loc][:, None], right[loc])  # [B, T, k]
+        return h - torch.einsum("btk,bdk->btd", coords, left[loc])
+
+
+_GROUPS: dict[type, type[_Group]] = {Add: _AddGroup, Project: _ProjectGroup, Clamp: _ClampGroup,
+                                     Erase: _EraseGroup}
 
 
 def _group_key(op: Op, positions_key: object) -> tuple:
@@ -208,7 +231,7 @@ def _site_edits(model: nn.Module, settings: Sequence[Sequence[Intervention]],
         for iv in setting:
             if not isinstance(iv, Intervention):
                 raise LirefError(f"{iv!r} is not an intervention (AddDirection, AblateDirection, "
-                                 f"ScaleProjection, AddLatent, ClampLatent)")
+                                 f"ScaleProjection, AddLatent, ClampLatent, EraseConcept)")
             for layer, site, op in iv.ops(model):
                 per_site.setdefault((layer, site), {}).setdefault(s, []).append(
                     (op, iv.positions, iv.positions_key))  # type: ignore[attr-defined]

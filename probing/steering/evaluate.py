@@ -256,8 +256,8 @@ def headline_metrics(rows: Sequence[Mapping[str, Any]], intervention: str,
     ablation) and layer (default: the first swept; latents: the SAE's):
     ``{set}/{metric}/unsteered/<stat>`` and ``{set}/{metric}/{intervention}/{condition}/<stat>``
     (``diff``, ``p_value``, and ``<score>_diff`` for margins and rates, with ``_ci_low/_ci_high``
-    for a single setting; ``random`` = the mean over
-    seeds), plus ``.../selectivity`` = direction diff minus the mean random diff."""
+    for a single setting; ``random`` and ``permuted`` = the mean over seeds), plus
+    ``.../selectivity`` = direction diff minus the mean random (erase: permuted) diff."""
     out: dict[str, float] = {}
     def same(x: float | None) -> bool:
         if x is None or strength is None:
@@ -295,8 +295,8 @@ def headline_metrics(rows: Sequence[Mapping[str, Any]], intervention: str,
                     for end in ("ci_low", "ci_high"):
                         out[f"{key}/{s}_diff_{end}"] = members[0][f"{s}_diff_{end}"]
     for set_name, metric, cond in groups:
-        if cond == "direction":
-            rand = "random"
+        if cond == "direction":  # erase: against the permuted-label erasers
+            rand = "permuted" if (set_name, metric, "permuted") in groups else "random"
         elif cond.endswith("_latent") and not cond.endswith("_random_latent"):
             rand = cond[: -len("latent")] + "random_latent"
         else:

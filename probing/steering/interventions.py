@@ -7,7 +7,9 @@ operations on hidden states ``h [B, T, d]`` (``steer`` applies them, several set
 - ``Project``: ``h + c * (h . u) u`` with unit ``u`` (``AblateDirection``: ``c = -1``;
   ``ScaleProjection``: ``c = scale``);
 - ``Clamp``: ``h + SAE.decode(f') - SAE.decode(f)`` with ``f = SAE.encode(h)`` and ``f'`` = ``f``
-  with latent ``i`` set to ``value`` (= decode(f') + the SAE's error term ``h - decode(f)``).
+  with latent ``i`` set to ``value`` (= decode(f') + the SAE's error term ``h - decode(f)``);
+- ``Erase``: ``h - ((h - bias) @ right.T) @ left.T`` (``EraseConcept``: a LEACE eraser of the
+  ``concept-erasure`` package, exactly its ``LeaceEraser.__call__``).
 
 Layer ``l`` = output of decoder block ``l`` (HF ``hidden_states[l + 1]``), as in extraction.
 Positions: ``"all"`` (every column, padding included, which nothing attends to), ``"prompt"``,
@@ -37,6 +39,8 @@ __all__ = [
     "AddLatent",
     "Clamp",
     "ClampLatent",
+    "Erase",
+    "EraseConcept",
     "Intervention",
     "Op",
     "Project",
@@ -83,7 +87,17 @@ class Clamp:
     value: float
 
 
-Op = Add | Project | Clamp
+@dataclass(frozen=True)
+class Erase:
+    """``h - ((h - bias) @ right.T) @ left.T``: an affine rank-``k`` erasure (``left [d, k]``,
+    ``right [k, d]``, ``bias [d]``, float64; LEACE's ``proj_left``, ``proj_right``, ``bias``)."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    bias: torch.Tensor
+
+
+Op = Add | Project | Clamp | Erase
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -309,3 +323,44 @@ class ClampLatent(_LatentIntervention):
 
     def op(self, layer: int, site: str, d_model: int) -> Op:
         return Clamp(self.sae, int(self.latent), self.amount(self.value))
+
+
+@dataclass(eq=False)
+class EraseConcept(Intervention):
+    """LEACE concept erasure: ``h - ((h - mean) @ proj_right^T) @ proj_left^T`` (the
+    ``concept_erasure.LeaceEraser`` map; ``probing.steering.erasure.fit_eraser`` fits one).
+
+    Args:
+        layer: one layer, several, or ``None`` = every layer (negative indices allowed).
+        eraser: a ``LeaceEraser`` (``proj_left [d, k]``, ``proj_right [k, d]``, ``bias [d]`` or
+            ``None``) for every layer, or ``{layer: LeaceEraser}``.
+        positions, site: where (see the module docstring; site default ``block_out``).
+    """
+
+    layer: int | Sequence[int] | None
+    eraser: Any
+    positions: Positions = field(default="all", kw_only=True)
+    site: str | Sequence[str] = field(default="block_out", kw_only=True)
+    kind: ClassVar[str] = "erase"
+
+    def __post_init__(self) -> None:
+        _check_positions(self.positions)
+        self._sites = _sites_of(self.site)
+
+    def targets(self, model: torch.nn.Module) -> list[tuple[int, str]]:
+        layers = check_layers(model, _layers_of(self.layer))
+        return [(layer, site) for layer in layers for site in self._sites]
+
+    def op(self, layer: int, site: str, d_model: int) -> Op:
+        e = _per_layer(self.eraser, layer, "eraser")
+        left = e.proj_left.detach().to(torch.float64).cpu()
+        right = e.proj_right.detach().to(torch.float64).cpu()
+        if left.ndim != 2 or right.shape != (left.shape[1], left.shape[0]):
+            raise LirefError(f"EraseConcept: proj_left {tuple(left.shape)} and proj_right "
+                             f"{tuple(right.shape)} must be [d, k] and [k, d]")
+        if left.shape[0] != d_model:
+            raise LirefError(f"EraseConcept: the eraser at layer {layer} is {left.shape[0]}-wide "
+                             f"but the model's residual width is {d_model}")
+        bias = (torch.zeros(d_model, dtype=torch.float64) if e.bias is None
+                else e.bias.detach().to(torch.float64).cpu().reshape(-1))
+        return Erase(left, right, bias)

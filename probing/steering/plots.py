@@ -23,7 +23,10 @@ _STYLE = {
     "latent": {"color": "tab:red", "lw": 2.0, "label": "matched latent"},
     "random": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random (same norm)"},
     "random_latent": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "random latent"},
+    "permuted": {"color": "grey", "lw": 0.8, "alpha": 0.7, "label": "eraser, permuted labels"},
 }
+#: the label of the ``direction`` condition of interventions that are not the LiReF itself
+_DIRECTION_LABEL = {"erase": "LEACE eraser of the labels"}
 
 
 def sweep_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int, int | None]]:
@@ -44,7 +47,7 @@ def _band(ax: Any, xs: list[float], ys: list[float], lo: list[float], hi: list[f
 
 
 def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[str, Any]],
-           set_name: str, value: str, signed: bool) -> None:
+           set_name: str, value: str, signed: bool, direction_label: str | None = None) -> None:
     """One set's curves of ``value`` in ``ax``."""
     lo_key = "ci_low" if value == "accuracy" else f"{value}_ci_low"
     hi_key = "ci_high" if value == "accuracy" else f"{value}_ci_high"
@@ -55,11 +58,12 @@ def _panel(ax: Any, sel: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[
     curves: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
     for r in mine:
         curves.setdefault((r["condition"], r.get("seed")), []).append(r)
-    ordered = sorted(curves.items(), key=lambda kv: (kv[0][0].startswith("random"), str(kv[0])))
+    ordered = sorted(curves.items(), key=lambda kv: (kv[0][0].startswith(("random", "permuted")),
+                                                     str(kv[0])))
     for i, ((cond, _seed), pts) in enumerate(ordered):
         style = dict(_STYLE.get(cond, {"color": "black", "label": cond}))
         if cond == "direction" and not signed:  # ablation / projection scaling: no sign
-            style["label"] = "LiReF"
+            style["label"] = direction_label or "LiReF"
         label = None if cond in labelled else style["label"]
         labelled.add(cond)
         if no_strength:
@@ -109,7 +113,8 @@ def sweep_figure(rows: Sequence[Mapping[str, Any]], metric: str, intervention: s
                            squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax, (value, set_name) in zip(flat, panels, strict=False):
-        _panel(ax, sel, steered, set_name, value, signed=intervention in ("add", "add_latent"))
+        _panel(ax, sel, steered, set_name, value, signed=intervention in ("add", "add_latent"),
+               direction_label=_DIRECTION_LABEL.get(intervention))
     for ax in flat[len(panels):]:
         ax.axis("off")
     legend: dict[str, Any] = {}

@@ -4,7 +4,9 @@
 probe run and, with a matching run, its top latents; every strength beside its controls) are
 evaluated on held-out question sets, paired against the unsteered run on the same items. Writes
 ``results.json`` / ``results.csv`` (one row per set x metric x setting), ``items.json`` (flips
-per setting, completions), ``settings.json`` and one PNG per (metric, intervention, layer, rank);
+per setting, completions), ``settings.json``, ``erasers/`` (with ``erase``: the fitted LEACE
+erasers, ``probing.steering.erasure.load_erasers``) and one PNG per (metric, intervention, layer,
+rank);
 returns a ``SteeringResult`` whose ``metrics`` are the headline effects at the strengths fixed in
 advance (``settings.headline``).
 """
@@ -23,7 +25,8 @@ from torch import nn
 
 from probing.errors import LirefError
 from probing.io import read_json, write_json
-from probing.steering.sweep import INTERVENTIONS
+from probing.steering.sources import ProbeRun
+from probing.steering.sweep import INTERVENTIONS, NO_STRENGTH, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,10 @@ class SteeringControls:
     orthogonal: bool = True  # LiReF minus the span of the top latents' decoder rows
     top_k_latents: int = 2  # matched latents steered with (add_latent, clamp_latent)
     n_random_latents: int = 3  # random latents of similar firing density per matched latent
+    n_permuted: int = 5  # erase: LEACE erasers fitted on permuted labels (seeds seed..)
 
     def __post_init__(self) -> None:
-        for name in ("n_random", "top_k_latents", "n_random_latents"):
+        for name in ("n_random", "top_k_latents", "n_random_latents", "n_permuted"):
             if int(getattr(self, name)) < 0:
                 raise LirefError(f"steering controls.{name}={getattr(self, name)}; allowed: >= 0")
 
@@ -76,12 +80,13 @@ class SteeringSettings:
     probe run's chosen layer (``best_layer`` in its ``metrics.json``). ``strengths``: per intervention,
     in ``units`` for ``add`` (``abs`` residual units, ``gap`` x ||diff-in-means||, ``norm`` x the
     mean residual norm at the last prompt token), the scale for ``scale`` / ``released``, x the
-    latent's max activation for ``add_latent`` / ``clamp_latent``. ``headline``: the strength
+    latent's max activation for ``add_latent`` / ``clamp_latent`` (``ablate`` and ``erase``, the
+    LEACE erasure of the probe's labels, take none). ``headline``: the strength
     whose effects go into ``metrics.json``, fixed in advance (never picked on the results).
     """
 
     steer_layers: list[int] | None = None
-    interventions: list[str] = field(default_factory=lambda: ["add", "ablate"])
+    interventions: list[str] = field(default_factory=lambda: ["add", "ablate", "erase"])
     strengths: dict[str, list[float]] = field(default_factory=_default_strengths)
     units: str = "gap"
     positions: str = "all"
@@ -222,11 +227,37 @@ def _headline(rows: Sequence[Mapping[str, Any]], head: Mapping[str, float],
 
     metrics: dict[str, Any] = {}
     for name in dict.fromkeys(r["intervention"] for r in rows if r["intervention"] != "none"):
-        if name != "ablate" and head.get(name) is None:
+        if name not in NO_STRENGTH and head.get(name) is None:
             continue
-        strength = None if name == "ablate" else float(head[name])
+        strength = None if name in NO_STRENGTH else float(head[name])
         metrics.update(headline_metrics(rows, name, strength, layer))
     return metrics
+
+
+def _erasers(probe: ProbeRun, spec: SweepSpec, out: Path,
+             ) -> tuple[dict[int, Any] | None, dict[str, float]]:
+    """With ``erase``: the probe's LEACE erasers at the steering layers (and the permuted-label
+    ones), written to ``out/erasers/``; metrics ``erase/<stat>`` of the first layer's (``rank``,
+    ``leftover`` = cross-covariance with the labels left on the fitting data, ``permuted_*`` =
+    the mean over the permuted-label erasers)."""
+    from probing.steering.erasure import fit_probe_erasers, save_erasers
+
+    if "erase" not in spec.interventions:
+        return None, {}
+    t = time.perf_counter()
+    seeds = [spec.seed + k for k in range(spec.n_permuted)]
+    erasers, meta = fit_probe_erasers(probe, spec.layers, seeds)
+    save_erasers(out / "erasers", erasers, meta)
+    info = erasers[spec.layers[0]].info
+    perm = [v for k, v in info.items() if k.startswith("permuted_")]
+    metrics = {"erase/n_fit": float(meta["n_fit"]), "erase/rank": float(info["direction"]["rank"]),
+               "erase/leftover": info["direction"]["leftover"]}
+    if perm:
+        metrics["erase/permuted_rank"] = float(np.mean([p["rank"] for p in perm]))
+        metrics["erase/permuted_leftover"] = float(np.mean([p["leftover"] for p in perm]))
+    log.info("LEACE erasers at layers %s fitted on %d training items (+%d permuted) in %.1f s",
+             spec.layers, meta["n_fit"], len(seeds), time.perf_counter() - t)
+    return erasers, metrics
 
 
 def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, sets: SteerSets,
@@ -303,8 +334,9 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
                      units=settings.units, norm_unit=norm_unit, positions=settings.positions,
                      n_random=ctl.n_random, negated=ctl.negated, orthogonal=ctl.orthogonal,
                      top_k_latents=ctl.top_k_latents, n_random_latents=ctl.n_random_latents,
-                     seed=seed)
-    built = build_settings(spec, probe.directions, match, sae, knob)
+                     n_permuted=ctl.n_permuted, seed=seed)
+    erasers, erase_metrics = _erasers(probe, spec, out)
+    built = build_settings(spec, probe.directions, match, sae, knob, erasers)
     interventions = [s.interventions for s in built]
     infos = [s.info for s in built]
     log.info("%d settings x %d sets (%s); layers %s", len(built), len(evalsets),
@@ -345,6 +377,7 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
                                        "norm_unit": norm_unit})
     plots = _plots(rows, out) if settings.plots else []
     metrics = _headline(rows, settings.headline, layers[0])
+    metrics.update(erase_metrics)
     metrics.update({"n_settings": len(built), "n_rows": len(rows),
                     "seconds": time.perf_counter() - start})
     log.info("steering sweep done: %d settings, %d rows, %.1f s; results in %s", len(built),

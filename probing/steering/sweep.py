@@ -12,13 +12,15 @@ strength, the conditions are:
 - ``conflict`` / ``negated_conflict``: a conflict run's own direction (context minus memory
   answers, its own norm as the ``gap`` unit), when one is given;
 - ``latent`` / ``random_latent``: a matched latent (``add_latent``, ``clamp_latent``) and
-  seeded random latents of similar firing density.
+  seeded random latents of similar firing density;
+- ``erase`` only: ``direction`` = the LEACE eraser of the probe's labels, ``permuted`` = erasers
+  fitted on permuted labels (``n_permuted`` seeds; ``probing.steering.erasure``).
 
 Interventions (``INTERVENTIONS``): ``add`` (``AddDirection``, strengths in ``units``),
 ``ablate`` (``AblateDirection``, no strength), ``scale`` (``ScaleProjection`` at the block
 output), ``released`` (the released code's preset, strengths = its scale), ``add_latent``
-(``AddLatent``, strengths in max-activation units) and ``clamp_latent`` (``ClampLatent``,
-values in max-activation units).
+(``AddLatent``, strengths in max-activation units), ``clamp_latent`` (``ClampLatent``,
+values in max-activation units) and ``erase`` (``EraseConcept``, LEACE, no strength).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from probing.steering.interventions import (
     AddDirection,
     AddLatent,
     ClampLatent,
+    EraseConcept,
     Intervention,
     ScaleProjection,
 )
@@ -45,10 +48,12 @@ from probing.steering.sources import MatchRun
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INFO_KEYS", "INTERVENTIONS", "Setting", "SweepSpec", "build_settings"]
+__all__ = ["INFO_KEYS", "INTERVENTIONS", "NO_STRENGTH", "Setting", "SweepSpec", "build_settings"]
 
 INTERVENTIONS: tuple[str, ...] = ("add", "ablate", "scale", "released", "add_latent",
-                                  "clamp_latent")
+                                  "clamp_latent", "erase")
+#: interventions without a strength (one setting per condition)
+NO_STRENGTH: tuple[str, ...] = ("ablate", "erase")
 _LATENT = ("add_latent", "clamp_latent")
 #: The descriptive keys of every setting (``Setting.info``), in column order.
 INFO_KEYS: tuple[str, ...] = ("intervention", "layer", "strength", "condition", "seed",
@@ -74,13 +79,14 @@ class SweepSpec:
     Attributes:
         interventions: among ``INTERVENTIONS``.
         layers: steering layers (layer l = output of block l); latents use the SAE's layer.
-        strengths: ``{intervention: [strengths]}`` (``ablate`` needs none).
+        strengths: ``{intervention: [strengths]}`` (``ablate`` and ``erase`` need none).
         units: units of ``add`` strengths (``abs``, ``gap``, ``norm``; see ``AddDirection``).
         norm_unit: ``{layer: mean residual norm}`` for ``units="norm"``.
         positions: ``all``, ``prompt`` or ``generated``.
         n_random: random same-norm directions per setting (seeds ``seed .. seed + n - 1``).
         negated, orthogonal: include those controls.
         top_k_latents: matched latents to steer with; ``n_random_latents`` controls each.
+        n_permuted: ``erase`` erasers fitted on permuted labels (seeds ``seed .. seed + n - 1``).
         seed: base seed of the random controls.
     """
 
@@ -95,6 +101,7 @@ class SweepSpec:
     orthogonal: bool = True
     top_k_latents: int = 2
     n_random_latents: int = 3
+    n_permuted: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -103,13 +110,14 @@ class SweepSpec:
             raise LirefError(f"unknown interventions {bad or self.interventions}; allowed: "
                              f"{list(INTERVENTIONS)}")
         for name in self.interventions:
-            if name != "ablate" and not self.strengths.get(name):
+            if name not in NO_STRENGTH and not self.strengths.get(name):
                 raise LirefError(f"intervention {name!r} needs strengths (strengths.{name}: "
                                  f"[...])")
         if not self.layers:
             raise LirefError("no steering layers")
-        if self.n_random < 0 or self.n_random_latents < 0 or self.top_k_latents < 0:
-            raise LirefError("n_random, n_random_latents and top_k_latents must be >= 0")
+        if min(self.n_random, self.n_random_latents, self.top_k_latents, self.n_permuted) < 0:
+            raise LirefError("n_random, n_random_latents, top_k_latents and n_permuted must be "
+                             ">= 0")
 
 
 def _info(intervention: str, layer: int | None, strength: float | None, condition: str,
@@ -143,7 +151,8 @@ def _direction_settings(spec: SweepSpec, name: str, layer: int, r: torch.Tensor,
 
 def build_settings(spec: SweepSpec, directions: Mapping[int, torch.Tensor],
                    match: MatchRun | None = None, sae: Any | None = None,
-                   knob: Mapping[int, torch.Tensor] | None = None) -> list[Setting]:
+                   knob: Mapping[int, torch.Tensor] | None = None,
+                   erasers: Mapping[int, Any] | None = None) -> list[Setting]:
     """All settings of ``spec``: the unsteered run first, then per intervention and layer each
     strength with its direction and controls.
 
@@ -152,6 +161,8 @@ def build_settings(spec: SweepSpec, directions: Mapping[int, torch.Tensor],
         match, sae: the matching run and its SAE (latent interventions, ``orthogonal``).
         knob: ``{layer: [d]}`` a conflict run's direction (context minus memory), steered as
             the conditions ``conflict`` (and ``negated_conflict`` for additions).
+        erasers: ``{layer: LayerErasers}`` (``probing.steering.erasure.fit_probe_erasers``, with
+            ``n_permuted`` seeds) for ``erase``.
     """
     settings = [Setting([], _info("none", None, 0.0, "unsteered"))]
     seeds = [spec.seed + k for k in range(spec.n_random)]
@@ -161,7 +172,7 @@ def build_settings(spec: SweepSpec, directions: Mapping[int, torch.Tensor],
         if wants_latents:
             raise LirefError("latent interventions need a matching run (match_dir=...)")
         log.info("no matching run: the 'orthogonal' control is skipped")
-    for name in (n for n in spec.interventions if n not in _LATENT):
+    for name in (n for n in spec.interventions if n not in (*_LATENT, "erase")):
         for layer in spec.layers:
             if layer not in directions:
                 raise LirefError(f"the probe run has no direction for layer {layer}; it has "
@@ -189,10 +200,35 @@ def build_settings(spec: SweepSpec, directions: Mapping[int, torch.Tensor],
                     log.info("layer %d: no 'orthogonal' control (the SAE is at layer %d)",
                              layer, match.layer)
             settings += _direction_settings(spec, name, layer, r, controls)
+    if "erase" in spec.interventions:
+        settings += _erase_settings(spec, erasers)
     for name in (n for n in spec.interventions if n in _LATENT):
         assert match is not None and sae is not None
         settings += _latent_settings(spec, name, match, sae, top)
     return settings
+
+
+def _erase_settings(spec: SweepSpec, erasers: Mapping[int, Any] | None) -> list[Setting]:
+    """Per layer: the LEACE eraser of the labels (``direction``), then ``n_permuted`` erasers
+    fitted on permuted labels (``permuted``, seeds ``seed ..``)."""
+    if erasers is None:
+        raise LirefError("the erase intervention needs erasers (probing.steering.erasure."
+                         "fit_probe_erasers on the probe run)")
+    out: list[Setting] = []
+    seeds = [spec.seed + k for k in range(spec.n_permuted)]
+    for layer in spec.layers:
+        if layer not in erasers:
+            raise LirefError(f"no eraser for layer {layer}; fitted for {sorted(erasers)}")
+        le = erasers[layer]
+        missing = [s for s in seeds if s not in le.permuted]
+        if missing:
+            raise LirefError(f"layer {layer}: no permuted-label erasers for seeds {missing}")
+        arms = [("direction", None, le.direction), *[("permuted", s, le.permuted[s])
+                                                     for s in seeds]]
+        for condition, seed, eraser in arms:
+            out.append(Setting([EraseConcept(layer, eraser, positions=spec.positions)],
+                               _info("erase", layer, None, condition, seed)))
+    return out
 
 
 def _latent_settings(spec: SweepSpec, name: str, match: MatchRun, sae: Any,

@@ -88,6 +88,7 @@ def test_conflict_job_on_a_tiny_model_and_a_popqa_file(tmp_path, monkeypatch, ca
     code, err = run_main_in_process(
         "analysis.steer", [*common[:2], "logger=disabled", "probe_dir=conflict",
                            "conflict_dir=conflict", "steering.controls.n_random=1",
+                           "steering.controls.n_permuted=1",
                            "steer=benchmarks_cpu", f"steer.root={tmp_path}",
                            "steer.sets=[{set: cf, name: popqa_conflict, path: " + str(popqa)
                            + ", kinds: [counterfactual], contrast: [context_answer, "
@@ -97,6 +98,9 @@ def test_conflict_job_on_a_tiny_model_and_a_popqa_file(tmp_path, monkeypatch, ca
     assert code == 0, err
     steered = json.loads((tmp_path / "steer" / "results.json").read_text())
     assert {r["condition"] for r in steered} >= {"direction", "conflict", "negated_conflict"}
+    # erase (a default): the conflict run's labels erased, beside one permuted-label eraser
+    assert {(r["condition"], r["seed"]) for r in steered if r["intervention"] == "erase"} == \
+        {("direction", None), ("permuted", 0)}
     assert {r["metric"] for r in steered if r["set"] == "cf"} == {"teacher_forced", "generate"}
     # the facts the knob was fitted on are left out of the steering set
     split = json.loads((tmp_path / "conflict" / "split.json").read_text())

@@ -12,7 +12,7 @@ import torch
 
 from probing.io import write_json
 from probing.probes.directions import save_directions
-from tests.job_fixtures import run_main_in_process, run_module
+from tests.job_fixtures import run_main_in_process, run_module, write_probe_activations
 from tests.tiny_models import D
 from train.tracking import read_offline_run
 
@@ -20,10 +20,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def write_probe_run(folder: Path, width: int = D, best: int = 1) -> Path:
+    """Directions, the chosen layer and 24 cached activations (ids ``p*``, not the steering
+    items) whose first 16 are the training part (the erase intervention is fitted there)."""
     g = torch.Generator().manual_seed(0)
     save_directions(folder / "directions", torch.randn(3, width, generator=g, dtype=torch.float64),
                     [0, 1, 2], {"model": "tiny", "d_model": width})
     write_json(folder / "metrics.json", {"best_layer": best})
+    ids = [f"p{i}" for i in range(24)]
+    write_probe_activations(folder, torch.randn(24, 3, width, generator=g), [0, 1, 2],
+                            ["reasoning", "memory"] * 12, ids, ids[:16])
     return folder
 
 
@@ -121,15 +126,18 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
 
 
 def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
-    """In-process: latent interventions, the orthogonal control, generation on a subset."""
+    """In-process: latent interventions, the orthogonal control, LEACE erasure against
+    permuted-label erasers, generation on a subset."""
     from hydra import compose, initialize_config_dir
 
     from analysis.steer import steer_job
+    from probing.steering import load_erasers
     from train.jobkit import CONFIG_PATH, JobContext
     from train.tracking import Tracker
 
     overrides = [*_common(work), f"match_dir={work['match']}", f"cache_dir={tmp_path / 'c'}",
-                 "steering.interventions=[add,scale,add_latent,clamp_latent]", "steering.strengths.add=[1.0]",
+                 "steering.interventions=[add,scale,erase,add_latent,clamp_latent]",
+                 "steering.strengths.add=[1.0]",
                  "steering.strengths.scale=[2.0]", "steering.strengths.add_latent=[4.0]",
                  "steering.strengths.clamp_latent=[0.0,4.0]", "steering.headline.scale=2.0",
                  "steer.generate.n=4", "steer.generate.max_new_tokens=3"]
@@ -152,6 +160,18 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
     assert top == {1, 2} and not top & {r["latent"] for r in latents
                                         if r["condition"] == "random_latent"}
     assert "toy/teacher_forced/add_latent/rank2_latent/selectivity" in metrics
+    # erase: the LEACE eraser of the probe's labels beside 5 erasers of permuted labels
+    erase = [(r["condition"], r["seed"], r["strength"]) for r in tf if r["intervention"] == "erase"]
+    assert erase == [("direction", None, None)] + [("permuted", k, None) for k in range(5)]
+    for key in ("toy/teacher_forced/erase/direction/diff_ci_low",
+                "toy/teacher_forced/erase/permuted/diff", "toy/generate/erase/direction/diff",
+                "toy/teacher_forced/erase/direction/selectivity", "headline/erase/layer"):
+        assert key in metrics, key
+    assert metrics["erase/n_fit"] == 16 and metrics["erase/rank"] == 1
+    assert metrics["erase/leftover"] < 1e-6 < metrics["erase/permuted_leftover"]
+    erasers = load_erasers(tmp_path / "erasers")
+    assert list(erasers) == [1] and len(erasers[1].permuted) == 5
+    assert (tmp_path / "steer_teacher_forced_erase_L1.png").is_file()
     assert "toy/generate/add/direction/diff" in metrics
     assert (tmp_path / "steer_teacher_forced_add_latent_L1_rank2.png").is_file()
     items = json.loads((tmp_path / "items.json").read_text())

@@ -113,6 +113,15 @@ def _steer_real() -> dict[str, Any]:
                 metrics[pre + f"add/{cond}/logp_gold_diff_ci_high"] = 0.45 - i - j
         metrics[pre + "ablate/direction/logp_gold_diff"] = -1.9 + i
         metrics[pre + "ablate/random/logp_gold_diff"] = -0.1
+        for stat, value in (("diff", -0.2), ("logp_gold_diff", -1.5 + i)):
+            metrics[pre + f"erase/direction/{stat}"] = value
+            metrics[pre + f"erase/direction/{stat}_ci_low"] = value - 0.3
+            metrics[pre + f"erase/direction/{stat}_ci_high"] = value + 0.3
+            metrics[pre + f"erase/permuted/{stat}"] = -0.05
+        metrics[pre + "ablate/direction/diff"] = -0.1
+        metrics[pre + "ablate/direction/diff_ci_low"] = -0.2
+        metrics[pre + "ablate/direction/diff_ci_high"] = 0.0
+        metrics[pre + "ablate/random/diff"] = 0.0
     return metrics
 
 
@@ -340,8 +349,13 @@ def test_a_real_model_gets_one_line_per_steered_set(tmp_path):
     assert list(got) == ["Probe", "Transfer to matched", "+LiReF on gsm8k", "+LiReF on popqa"]
     assert ("gold-answer log-prob change (add, strength 2 at layer 5) +0.250 [+0.050, +0.450] "
             "vs -1.750 for random directions of the same norm and -0.750 for -LiReF; ablating "
-            "it -1.900 vs -0.100 for random ablations") in got["+LiReF on gsm8k"]
+            "it -1.900 vs -0.100 for random ablations; erasing the label (LEACE) -1.500 "
+            "[-1.800, -1.200] vs -0.050 for erasers of permuted labels") in got["+LiReF on gsm8k"]
     assert "-0.750 [-0.950, -0.550]" in got["+LiReF on popqa"]
+    # the paired table: erase right after ablate, its summary beside ablation's
+    (summary,) = [s for s in page.summaries if s.startswith("gsm8k")]
+    assert summary.endswith("; ablate -0.100 [-0.200, 0.000] vs random 0.000; erase (LEACE) "
+                            "-0.200 [-0.500, 0.100] vs permuted labels -0.050")
 
 
 def test_long_tables_collapse_and_every_table_scrolls_in_its_box(tmp_path):

@@ -15,7 +15,9 @@ from probing.steering import (
     AddDirection,
     AddLatent,
     ClampLatent,
+    EraseConcept,
     ScaleProjection,
+    fit_eraser,
     mean_residual_norm,
     orthogonalise,
     random_directions,
@@ -328,6 +330,9 @@ def test_batched_settings_equal_one_by_one(models, saes):
     model, tok = models("llama")
     sae = saes["standard"]
     r = _direction(4)
+    labels = torch.arange(64) % 2  # a LEACE eraser of a planted concept
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    eraser = fit_eraser(x + 2.0 * labels[:, None] * _direction(8), labels)
     settings = [
         [AddDirection(LAYER, r, 2.0)],
         [AddDirection(LAYER, -r, 2.0, positions="generated")],
@@ -335,6 +340,7 @@ def test_batched_settings_equal_one_by_one(models, saes):
         [ScaleProjection(LAYER, r, 3.0), AddDirection(0, r, 1.0)],
         [ClampLatent(LAYER, sae, 2, 8.0)],
         [AddLatent(LAYER, sae, 9, 30.0, positions="prompt")],
+        [EraseConcept(LAYER, eraser, positions="prompt")],
         [],
     ]
     prompts = PROMPTS[:3]
