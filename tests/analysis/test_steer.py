@@ -83,7 +83,7 @@ def _check_rows(rows: list[dict], n_items: int) -> None:
 def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     """Two jobs of a Hydra multirun (units=gap,abs), direction interventions only."""
     args = [*_common(work), "steering.interventions=[add,ablate,released]", "steering.strengths.add=[1.0,2.0]",
-            "steering.strengths.released=[1.0]", "steering.headline.released=1.0", "logger=offline",
+            "steering.strengths.released=[1.0]", "logger=offline",
             "steering.units=gap,abs", f"hydra.sweep.dir={work['root'] / 'multi'}", "-m"]
     proc = run_module("analysis.steer", *args, cwd=work["root"], timeout=600,
                       env={"OMP_NUM_THREADS": "1"})
@@ -131,7 +131,7 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
     overrides = [*_common(work), f"match_dir={work['match']}", f"cache_dir={tmp_path / 'c'}",
                  "steering.interventions=[add,scale,add_latent,clamp_latent]", "steering.strengths.add=[1.0]",
                  "steering.strengths.scale=[2.0]", "steering.strengths.add_latent=[4.0]",
-                 "steering.strengths.clamp_latent=[0.0,4.0]", "steering.headline.scale=2.0",
+                 "steering.strengths.clamp_latent=[0.0,4.0]", "+steering.headline.scale=2.0",
                  "steer.generate.n=4", "steer.generate.max_new_tokens=3"]
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("steer", overrides=overrides)
