@@ -95,8 +95,9 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     with open(runs[0] / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     _check_rows(rows, 12)
-    # 1 unsteered + add: 2 x (direction, negated, 3 random) + ablate 4 + released 1 x 4
-    assert len(rows) == 1 + 10 + 4 + 4
+    # 1 unsteered + add: 2 x (direction, negated, 3 random) + ablate 4 + released 1 x 4 + the
+    # prompting baseline (on in conf/steer/organism.yaml): direction, negated
+    assert len(rows) == 1 + 10 + 4 + 4 + 2
     assert {r["metric"] for r in rows} == {"teacher_forced"}
     assert all("margin" in r for r in rows)
     metrics = json.loads((runs[0] / "metrics.json").read_text())
@@ -111,7 +112,7 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
                                       "steer_teacher_forced_released_L1.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
     settings = json.loads((runs[0] / "settings.json").read_text())
-    assert len(settings["settings"]) == len(rows) and settings["layers"] == [1]
+    assert len(settings["settings"]) + 2 == len(rows) and settings["layers"] == [1]
     # the strength is chosen on one half of the items, every headline figure measured on the other
     sel = json.loads((runs[0] / "selection.json").read_text())
     choice, report_ids = sel["halves"]["toy"]["choice"], sel["halves"]["toy"]["report"]
@@ -132,7 +133,7 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     assert [r["margin"] for r in abs_rows if r["intervention"] == "add"] != \
         [r["margin"] for r in rows if r["intervention"] == "add"]
     offline = read_offline_run(next((runs[0] / "wandb").glob("offline-run-*")))
-    assert offline["summary"]["n_settings"] == metrics["n_settings"] == len(rows)
+    assert offline["summary"]["n_settings"] == metrics["n_settings"] == len(rows) - 2
     assert any("steer/strength" in h for h in offline["history"])
 
 
