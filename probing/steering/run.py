@@ -8,7 +8,8 @@ against the unsteered run on the same items. Each set's items are split in two h
 every headline figure is measured on the report half. Writes ``results.json`` / ``results.csv``
 (one row per set x metric x setting, all items: the choice half included, ``half="all"``),
 ``results_report.json`` (the same rows on the report half), ``items.json`` (flips per setting,
-completions), ``settings.json``, ``selection.json`` (the halves' ids, the objective per
+completions; the prompting baseline's settings after the sweep's), ``settings.json`` (the sweep's
+settings; ``prompt``: per set, its mode and instructions), ``selection.json`` (the halves' ids, the objective per
 strength, the chosen strengths) and one PNG per (metric, intervention, layer, rank); returns a
 ``SteeringResult`` whose ``metrics`` are the headline effects on the report half.
 """
@@ -101,7 +102,7 @@ class SteeringSettings:
             self.controls = SteeringControls(**self.controls)
         if isinstance(self.selection, Mapping):
             self.selection = Selection(**self.selection)
-        unknown = [i for i in self.interventions if i not in INTERVENTIONS]
+        unknown = [i for i in [*self.interventions, *self.headline] if i not in INTERVENTIONS]
         if unknown:
             raise LirefError(f"unknown interventions {unknown}; allowed: {list(INTERVENTIONS)}")
         if self.units not in UNITS:

@@ -58,6 +58,8 @@ def test_split_is_grouped_seeded_and_stratified():
     with pytest.raises(LirefError, match="sign"):
         Objective(sign=2)
     assert SteeringSettings(selection={"fraction": 0.4}).selection.fraction == 0.4
+    with pytest.raises(LirefError, match="push"):
+        SteeringSettings(headline={"push": 1.0})
 
 
 def _infos() -> list[dict]:
