@@ -8,10 +8,11 @@ against the unsteered run on the same items. Each set's items are split in two h
 every headline figure is measured on the report half. Writes ``results.json`` / ``results.csv``
 (one row per set x metric x setting, all items: the choice half included, ``half="all"``),
 ``results_report.json`` (the same rows on the report half), ``items.json`` (flips per setting,
-completions; the prompting baseline's settings after the sweep's), ``settings.json`` (the sweep's
-settings; ``prompt``: per set, its mode and instructions), ``selection.json`` (the halves' ids, the objective per
-strength, the chosen strengths) and one PNG per (metric, intervention, layer, rank); returns a
-``SteeringResult`` whose ``metrics`` are the headline effects on the report half.
+completions; the prompting baseline's settings after the sweep's), ``settings.json`` (the
+sweep's settings; ``prompt``: per set, its mode and instructions), ``selection.json`` (the
+halves' ids, the objective per strength, the chosen strengths) and one PNG per (metric,
+intervention, layer, rank); returns a ``SteeringResult`` whose ``metrics`` are the headline
+effects on the report half.
 """
 
 from __future__ import annotations
@@ -215,8 +216,8 @@ def _subset(evalset: Any, n: int, seed: int,
     total = len(evalset.questions)
     if n >= total:
         return evalset
-    pools = ([list(range(total))] if halves is None else
-             [[i for i, q in enumerate(evalset.questions) if q.id in set(ids)] for ids in halves])
+    pools = [list(range(total))] if halves is None else [
+        [i for i, q in enumerate(evalset.questions) if q.id in set(ids)] for ids in halves]
     rng = np.random.default_rng(seed)
     n_first = n if len(pools) == 1 else min(len(pools[0]), max(1, round(n * len(pools[0])
                                                                         / total)))
@@ -389,19 +390,22 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
     items: dict[str, dict[str, Any]] = {}
     prompts_used: dict[str, dict[str, Any]] = {}
     bs, gen = settings.batch_size, sets.generate
+
+    def forced(e: Any, settings_: Any) -> Any:
+        return evaluate_teacher_forced(model, tokenizer, e, settings_, bs)
+
+    def generated(e: Any, settings_: Any) -> Any:
+        return evaluate_generation(model, tokenizer, e, settings_, gen.max_new_tokens,
+                                   min(bs, gen.batch_size), gen.stop_at)
+
     for es, set_gen, set_spec, mode in zip(evalsets, gen_n, specs, modes, strict=True):
         set_tmpl = prompt_template(set_spec["prompt"]) if set_spec.get("prompt") else tmpl
         mode = set_mode(es.questions, mode)
-        passes = []
-        if sets.metric == "teacher_forced":
-            passes.append((es, lambda e, s_: evaluate_teacher_forced(model, tokenizer, e, s_,
-                                                                     bs)))
+        passes = [(es, forced)] if sets.metric == "teacher_forced" else []
         n_gen = (len(es.questions) if sets.metric == "generate"
                  else gen.n if set_gen is None else int(set_gen))
         if n_gen > 0:
-            passes.append((_subset(es, n_gen, seed, halves[es.name]), lambda e, s_: evaluate_generation(
-                model, tokenizer, e, s_, gen.max_new_tokens, min(bs, gen.batch_size),
-                gen.stop_at)))
+            passes.append((_subset(es, n_gen, seed, halves[es.name]), generated))
         for part, evaluate in passes:
             t = time.perf_counter()
             outcome, set_infos = evaluate(part, interventions), list(infos)

@@ -113,7 +113,8 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
     settings = json.loads((runs[0] / "settings.json").read_text())
     assert len(settings["settings"]) + 2 == len(rows) and settings["layers"] == [1]
-    # the strength is chosen on one half of the items, every headline figure measured on the other
+    # the strength is chosen on one half of the items, every headline figure measured on the
+    # other
     sel = json.loads((runs[0] / "selection.json").read_text())
     choice, report_ids = sel["halves"]["toy"]["choice"], sel["halves"]["toy"]["report"]
     assert len(choice) == len(report_ids) == 6 and not set(choice) & set(report_ids)
@@ -168,7 +169,8 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
     assert instructions == {"mode": "reasoning", "instructions": {
         "direction": "Think step by step.", "negated": "Answer from memory."}}
     for key in ("toy/teacher_forced/prompt/direction/diff",
-                "toy/teacher_forced/prompt/negated/p_value", "toy/generate/prompt/direction/diff"):
+                "toy/teacher_forced/prompt/negated/p_value",
+                "toy/generate/prompt/direction/diff"):
         assert key in metrics, key
     assert metrics["headline/scale/strength"] == 2.0 and metrics["headline/scale/fixed"] == 1.0
     conds = {(r["intervention"], r["condition"]) for r in tf}

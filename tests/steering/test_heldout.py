@@ -88,11 +88,13 @@ def test_the_strength_is_chosen_on_half_a_and_reported_on_half_b():
     rows = _score(outcome, _infos(), (a, b), 200, 0, parts)
     assert {r["half"] for r in rows} == {"all"} and [r["n"] for r in parts["report"]] == [10] * 5
     chosen = choose_strengths(parts["choice"], {"toy": Objective()}, "teacher_forced", 1)
-    assert chosen["add"]["strength"] == 1.0 and chosen["add"]["objective"] == {1.0: 1.0, 2.0: 0.0}
+    assert chosen["add"]["strength"] == 1.0
+    assert chosen["add"]["objective"] == {1.0: 1.0, 2.0: 0.0}
     m = _headline(parts["report"], {"add": chosen["add"]["strength"]}, 1)
     assert m["headline/add/strength"] == 1.0 and m["toy/teacher_forced/add/direction/diff"] == 0
     # an objective that wants the margin down: strength 1 raises it on A, strength 2 wins
-    down = choose_strengths(parts["choice"], {"toy": Objective("margin", -1)}, "teacher_forced", 1)
+    down = choose_strengths(parts["choice"], {"toy": Objective("margin", -1)}, "teacher_forced",
+                            1)
     assert down["add"]["strength"] == 2.0
     fixed = choose_strengths(parts["choice"], {"toy": Objective()}, "teacher_forced", 1,
                              {"add": 2.0})
