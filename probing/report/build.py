@@ -302,7 +302,8 @@ def _steer_section(st: _Stage) -> list[Block]:
                          "the label (erase) beside erasers fitted on permuted labels (mean over "
                          "seeds). Strengths shown: "
                          + (", ".join(f"{k} {v:g}" for k, v in sorted(heads.items()))
-                            or "n/a") + " (fixed in the config before the run).")]
+                            or "n/a") + _strength_origin(m))]
+    blocks += _selection_blocks(st)
     blocks += _ground_truth_blocks(st)
     base = sorted({(k.split("/")[0], k.split("/")[1]) for k in m
                    if k.count("/") == 3 and k.split("/")[2] == "unsteered"})
@@ -313,6 +314,48 @@ def _steer_section(st: _Stage) -> list[Block]:
     blocks += _paired_blocks(st)
     blocks += _steer_images(st)
     return blocks
+
+
+def _halves(m: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{set: (choice items, report items)}`` from ``selection/<set>/n_choice|n_report``."""
+    sets = sorted({k.split("/")[1] for k in m if k.startswith("selection/")
+                   and k.endswith("/n_choice")})
+    return {s_: (m[f"selection/{s_}/n_choice"], m.get(f"selection/{s_}/n_report")) for s_ in sets}
+
+
+def _strength_origin(m: Mapping[str, Any]) -> str:
+    halves = _halves(m)
+    if not halves:  # a run from before the held-out choice
+        return " (fixed in the config before the run)."
+    a = sum(int(v[0]) for v in halves.values())
+    b = sum(int(v[1] or 0) for v in halves.values())
+    text = (f": each strength chosen on half A ({a} items) by the objective, every figure below "
+            f"measured on half B ({b} items); each set's items split by group, no group on both "
+            "halves.")
+    if any(k.split("/")[2:3] == ["prompt"] for k in m):
+        text += (" The prompting baseline (an instruction added to each question, no steering) "
+                 "is a row beside the interventions: 'direction' = the instruction of the set's "
+                 "mode, 'negated' = the opposite mode's.")
+    return text
+
+
+def _selection_blocks(st: _Stage) -> list[Block]:
+    """The held-out choice: the chosen strengths (objective on half A) and the halves' sizes."""
+    m = st.metrics
+    halves = _halves(m)
+    if not halves:
+        return []
+    names = sorted(k.split("/")[1] for k in m
+                   if k.startswith("headline/") and k.endswith("/strength"))
+    rows = [[name, st.cell(f"headline/{name}/strength"),
+             "fixed in the config" if m.get(f"headline/{name}/fixed") else "half A",
+             st.cell(f"headline/{name}/objective")] for name in names]
+    return [Block("table", "strengths chosen on half A, measured on half B",
+                  ["intervention", "strength", "chosen on", "objective on half A"], rows),
+            Block("table", "held-out halves per set (items)", ["set", "half A (choice)",
+                                                               "half B (report)"],
+                  [[s_, st.cell(f"selection/{s_}/n_choice", 0),
+                    st.cell(f"selection/{s_}/n_report", 0)] for s_ in halves])]
 
 
 def _paired_blocks(st: _Stage) -> list[Block]:
@@ -342,7 +385,12 @@ def _paired_blocks(st: _Stage) -> list[Block]:
             summary += f"; +LiReF accuracy diff {st.ci(head).text}"
             if f"{set_}/{metric}/add/random/diff" in m:
                 summary += f" vs random {fmt(m[f'{set_}/{metric}/add/random/diff'])}"
+<<<<<<< HEAD
         summary += _removal_summary(st, f"{set_}/{metric}")
+=======
+        if f"{set_}/{metric}/prompt/direction/diff" in m:
+            summary += f"; prompting {st.ci(f'{set_}/{metric}/prompt/direction/diff').text}"
+>>>>>>> wt_heldout
         blocks.append(Block("table", "paired effects at the headline strength (accuracy "
                                      "difference to the unsteered run)",
                             ["intervention", "condition", "accuracy diff [95% CI]", "McNemar p",

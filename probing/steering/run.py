@@ -1,14 +1,19 @@
 """A whole steering run (the body of ``analysis.steer`` and of the pipeline's ``steer`` stage).
 
 ``run_steering(model, tokenizer, settings, sets, out_dir)``: the settings of a sweep (the LiReF of a
-probe run and, with a matching run, its top latents; every strength beside its controls) are
-evaluated on held-out question sets, paired against the unsteered run on the same items. Writes
-``results.json`` / ``results.csv`` (one row per set x metric x setting), ``items.json`` (flips
-per setting, completions), ``settings.json``, ``erasers/`` (with ``erase``: the fitted LEACE
-erasers, ``probing.steering.erasure.load_erasers``) and one PNG per (metric, intervention, layer,
-rank);
-returns a ``SteeringResult`` whose ``metrics`` are the headline effects at the strengths fixed in
-advance (``settings.headline``).
+probe run and, with a matching run, its top latents; every strength beside its controls; with
+``steer.prompting.run`` the prompting baseline) are evaluated on held-out question sets, paired
+against the unsteered run on the same items. Each set's items are split in two halves by group
+(``probing.steering.heldout``): the strength of each intervention is chosen on the choice half,
+every headline figure is measured on the report half. Writes ``results.json`` / ``results.csv``
+(one row per set x metric x setting, all items: the choice half included, ``half="all"``),
+``results_report.json`` (the same rows on the report half), ``items.json`` (flips per setting,
+completions; the prompting baseline's settings after the sweep's), ``settings.json`` (the
+sweep's settings; ``prompt``: per set, its mode and instructions), ``selection.json`` (the
+halves' ids, the objective per strength, the chosen strengths), ``erasers/`` (with ``erase``:
+the fitted LEACE erasers, ``probing.steering.erasure.load_erasers``) and one PNG per (metric,
+intervention, layer, rank); returns a ``SteeringResult`` whose ``metrics`` are the headline
+effects on the report half.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,10 @@ from torch import nn
 
 from probing.errors import LirefError
 from probing.io import read_json, write_json
+from probing.steering.heldout import Objective, Selection
+from probing.steering.prompting import Prompting
 from probing.steering.sources import ProbeRun
-from probing.steering.sweep import INTERVENTIONS, NO_STRENGTH, SweepSpec
+from probing.steering.sweep import INTERVENTIONS, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +75,6 @@ def _default_strengths() -> dict[str, list[float]]:
             "add_latent": [2.0, 4.0, 8.0], "clamp_latent": [0.0, 2.0, 4.0]}
 
 
-def _default_headline() -> dict[str, float]:
-    return {"add": 1.0, "scale": 3.0, "released": 0.1, "add_latent": 4.0, "clamp_latent": 4.0}
-
-
 @dataclass
 class SteeringSettings:
     """One steering sweep: what is steered, how strongly, with which controls.
@@ -80,9 +83,10 @@ class SteeringSettings:
     probe run's chosen layer (``best_layer`` in its ``metrics.json``). ``strengths``: per intervention,
     in ``units`` for ``add`` (``abs`` residual units, ``gap`` x ||diff-in-means||, ``norm`` x the
     mean residual norm at the last prompt token), the scale for ``scale`` / ``released``, x the
-    latent's max activation for ``add_latent`` / ``clamp_latent`` (``ablate`` and ``erase``, the
-    LEACE erasure of the probe's labels, take none). ``headline``: the strength
-    whose effects go into ``metrics.json``, fixed in advance (never picked on the results).
+    latent's max activation for ``add_latent`` / ``clamp_latent``. ``selection``: the held-out
+    choice of the strength whose effects go into ``metrics.json`` (chosen on one half of each
+    set's items, measured on the other). ``headline``: an explicit override, ``{intervention:
+    strength}`` fixed in advance for those interventions (still measured on the report half).
     """
 
     steer_layers: list[int] | None = None
@@ -91,7 +95,8 @@ class SteeringSettings:
     units: str = "gap"
     positions: str = "all"
     controls: SteeringControls = field(default_factory=SteeringControls)
-    headline: dict[str, float] = field(default_factory=_default_headline)
+    selection: Selection = field(default_factory=Selection)
+    headline: dict[str, float] = field(default_factory=dict)
     n_resamples: int = 1000
     batch_size: int = 256
     plots: bool = True
@@ -99,7 +104,9 @@ class SteeringSettings:
     def __post_init__(self) -> None:
         if isinstance(self.controls, Mapping):
             self.controls = SteeringControls(**self.controls)
-        unknown = [i for i in self.interventions if i not in INTERVENTIONS]
+        if isinstance(self.selection, Mapping):
+            self.selection = Selection(**self.selection)
+        unknown = [i for i in [*self.interventions, *self.headline] if i not in INTERVENTIONS]
         if unknown:
             raise LirefError(f"unknown interventions {unknown}; allowed: {list(INTERVENTIONS)}")
         if self.units not in UNITS:
@@ -129,8 +136,12 @@ class SteerSets:
     ``sets``: each a ``load_question_set`` mapping plus ``set`` (its name in the results),
     ``rates`` (``{name: meta key}``: rate of answering that meta answer), ``contrast``
     (``[a, b]``: margin log P(a) - log P(b)), ``prompt`` (a ``PromptTemplate`` mapping) and
-    ``generate_n`` (items of that set also scored by greedy generation; default ``generate.n``).
-    ``metric``: ``teacher_forced`` (one forward pass per item and setting) or ``generate``.
+    ``generate_n`` (items of that set also scored by greedy generation; default ``generate.n``),
+    ``objective`` (``{score, sign}``: what the strengths are chosen for on that set; see
+    ``probing.steering.heldout``) and ``mode`` (``reasoning``, ``memory`` or ``context``: the
+    prompting baseline's instruction; default from its items). ``metric``: ``teacher_forced``
+    (one forward pass per item and setting) or ``generate``. ``prompting``: the prompting
+    baseline (``probing.steering.prompting``).
     """
 
     sets: list[dict[str, Any]] = field(default_factory=list)
@@ -138,10 +149,13 @@ class SteerSets:
     n_per_set: int | None = 200
     root: str | None = None  # folder the sets' paths are written against (interpolated)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
+    prompting: Prompting = field(default_factory=Prompting)
 
     def __post_init__(self) -> None:
         if isinstance(self.generate, Mapping):
             self.generate = GenerateSettings(**self.generate)
+        if isinstance(self.prompting, Mapping):
+            self.prompting = Prompting(**self.prompting)
         if self.metric not in METRICS:
             raise LirefError(f"steer.metric {self.metric!r}; allowed: {', '.join(METRICS)}")
 
@@ -196,13 +210,24 @@ def _fitted_groups(conflict_dir: str | Path | None) -> set[str]:
     return {fact_group(i) for i in fitted_ids(conflict_dir)}
 
 
-def _subset(evalset: Any, n: int, seed: int) -> Any:
-    """The first ``n`` items of a seeded shuffle of ``evalset`` (for generation)."""
+def _subset(evalset: Any, n: int, seed: int,
+            halves: tuple[list[str], list[str]] | None = None) -> Any:
+    """``n`` items of a seeded shuffle of ``evalset`` (for generation), in the items' order;
+    with ``halves`` (choice, report ids) drawn from each half in proportion to its size."""
     from probing.steering.evaluate import EvalSet
 
-    if n >= len(evalset.questions):
+    total = len(evalset.questions)
+    if n >= total:
         return evalset
-    keep = sorted(np.random.default_rng(seed).permutation(len(evalset.questions))[:n].tolist())
+    pools = [list(range(total))] if halves is None else [
+        [i for i, q in enumerate(evalset.questions) if q.id in set(ids)] for ids in halves]
+    rng = np.random.default_rng(seed)
+    n_first = n if len(pools) == 1 else min(len(pools[0]), max(1, round(n * len(pools[0])
+                                                                        / total)))
+    keep: list[int] = []
+    for pool, k in zip(pools, [n_first, n - n_first], strict=False):
+        keep += [pool[i] for i in rng.permutation(len(pool))[:k]]
+    keep = sorted(keep)
     return EvalSet(evalset.name, [evalset.questions[i] for i in keep],
                    [evalset.prompts[i] for i in keep], evalset.rates, evalset.contrast,
                    evalset.add_special_tokens)
@@ -223,13 +248,16 @@ def _plots(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
 
 def _headline(rows: Sequence[Mapping[str, Any]], head: Mapping[str, float],
               layer: int) -> dict[str, Any]:
+    """The headline effects of every intervention of ``rows`` at its strength in ``head``
+    (none for interventions without strengths: ablation, prompting)."""
     from probing.steering.evaluate import headline_metrics
 
     metrics: dict[str, Any] = {}
     for name in dict.fromkeys(r["intervention"] for r in rows if r["intervention"] != "none"):
-        if name not in NO_STRENGTH and head.get(name) is None:
+        no_strength = all(r["strength"] is None for r in rows if r["intervention"] == name)
+        if not no_strength and head.get(name) is None:
             continue
-        strength = None if name in NO_STRENGTH else float(head[name])
+        strength = None if no_strength else float(head[name])
         metrics.update(headline_metrics(rows, name, strength, layer))
     return metrics
 
@@ -260,6 +288,47 @@ def _erasers(probe: ProbeRun, spec: SweepSpec, out: Path,
     return erasers, metrics
 
 
+def _objectives(specs: list[dict[str, Any]], selection: Selection) -> dict[str, Objective]:
+    """``{set name: Objective}`` of the sets taking part in the choice (popping each spec's
+    ``objective``): the sets that name one, or every set with the default."""
+    named = {str(s.get("set") or s.get("name")): s.pop("objective", None) for s in specs}
+    if any(v is not None for v in named.values()):
+        return {k: Objective(**v) for k, v in named.items() if v is not None}
+    return {k: selection.objective for k in named}
+
+
+def _score(outcome: Any, infos: Sequence[Mapping[str, Any]], halves: tuple[list[str], list[str]],
+           n_resamples: int, seed: int, parts: dict[str, list[dict[str, Any]]],
+           ) -> list[dict[str, Any]]:
+    """The sweep rows of ``outcome`` on all items (returned, ``half="all"``) and on each half
+    (appended to ``parts["choice"]`` / ``parts["report"]``)."""
+    from probing.steering.evaluate import sweep_rows
+    from probing.steering.heldout import restrict
+
+    for half, ids in zip(("choice", "report"), halves, strict=True):
+        part = restrict(outcome, ids)
+        if part is None:
+            log.info("%s/%s: no item in the %s half", outcome.set, outcome.metric, half)
+            continue
+        parts[half] += [{**r, "half": half}
+                        for r in sweep_rows(part, infos, n_resamples, seed)]
+    return [{**r, "half": "all"} for r in sweep_rows(outcome, infos, n_resamples, seed)]
+
+
+def _selection_metrics(chosen: Mapping[str, Mapping[str, Any]],
+                       halves: Mapping[str, tuple[list[str], list[str]]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, c in chosen.items():
+        out[f"headline/{name}/fixed"] = float(c["fixed"])
+        value = c["objective"].get(c["strength"])
+        if value is not None:
+            out[f"headline/{name}/objective"] = float(value)
+    for set_name, (a, b) in halves.items():
+        out[f"selection/{set_name}/n_choice"] = float(len(a))
+        out[f"selection/{set_name}/n_report"] = float(len(b))
+    return out
+
+
 def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, sets: SteerSets,
                  out_dir: str | Path, probe_dir: str | Path | None,
                  match_dir: str | Path | None = None, sae_dir: str | Path | None = None,
@@ -282,8 +351,9 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
         evaluate_generation,
         evaluate_teacher_forced,
         item_flips,
-        sweep_rows,
     )
+    from probing.steering.heldout import choose_strengths, split_halves
+    from probing.steering.prompting import merge_outcomes, prompt_outcomes, set_mode
     from probing.steering.sources import load_match_run, load_probe_run
     from probing.steering.sweep import SweepSpec, build_settings
 
@@ -317,6 +387,8 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
     tmpl = prompt_template(template)
     specs = [dict(s) for s in sets.sets]
     gen_n = [s.pop("generate_n", None) for s in specs]  # per set: items also generated
+    objectives = _objectives(specs, settings.selection)
+    modes = [s.pop("mode", None) for s in specs]
     evalsets = [build_eval_set(spec, tmpl, tokenizer, organism_checkpoint(model),
                                sets.n_per_set, seed, exclude, exclude_groups) for spec in specs]
     knob = None
@@ -341,42 +413,69 @@ def run_steering(model: nn.Module, tokenizer: Any, settings: SteeringSettings, s
     infos = [s.info for s in built]
     log.info("%d settings x %d sets (%s); layers %s", len(built), len(evalsets),
              ", ".join(f"{e.name}: {len(e.questions)}" for e in evalsets), layers)
+    sel, prompting = settings.selection, sets.prompting
+    halves = {es.name: split_halves(es.questions, sel.fraction, sel.seed) for es in evalsets}
     rows: list[dict[str, Any]] = []
+    parts: dict[str, list[dict[str, Any]]] = {"choice": [], "report": []}
     items: dict[str, dict[str, Any]] = {}
+    prompts_used: dict[str, dict[str, Any]] = {}
     bs, gen = settings.batch_size, sets.generate
-    for es, set_gen in zip(evalsets, gen_n, strict=True):
-        if sets.metric == "teacher_forced":
-            t = time.perf_counter()
-            outcome = evaluate_teacher_forced(model, tokenizer, es, interventions, bs)
-            rows += sweep_rows(outcome, infos, settings.n_resamples, seed)
-            items[f"{es.name}/{outcome.metric}"] = item_flips(outcome)
-            log.info("%s: teacher-forced, %d rows in %.1f s", es.name,
-                     len(es.questions) * len(built), time.perf_counter() - t)
+
+    def forced(e: Any, settings_: Any) -> Any:
+        return evaluate_teacher_forced(model, tokenizer, e, settings_, bs)
+
+    def generated(e: Any, settings_: Any) -> Any:
+        return evaluate_generation(model, tokenizer, e, settings_, gen.max_new_tokens,
+                                   min(bs, gen.batch_size), gen.stop_at)
+
+    for es, set_gen, set_spec, mode in zip(evalsets, gen_n, specs, modes, strict=True):
+        set_tmpl = prompt_template(set_spec["prompt"]) if set_spec.get("prompt") else tmpl
+        mode = set_mode(es.questions, mode)
+        passes = [(es, forced)] if sets.metric == "teacher_forced" else []
         n_gen = (len(es.questions) if sets.metric == "generate"
                  else gen.n if set_gen is None else int(set_gen))
         if n_gen > 0:
+            passes.append((_subset(es, n_gen, seed, halves[es.name]), generated))
+        for part, evaluate in passes:
             t = time.perf_counter()
-            part = _subset(es, n_gen, seed)
-            outcome = evaluate_generation(model, tokenizer, part, interventions,
-                                          gen.max_new_tokens, min(bs, gen.batch_size),
-                                          gen.stop_at)
-            rows += sweep_rows(outcome, infos, settings.n_resamples, seed)
-            items[f"{es.name}/{outcome.metric}"] = item_flips(outcome)
-            items[f"{es.name}/{outcome.metric}"]["completions"] = outcome.completions
-            log.info("%s: generation on %d items, %d rows in %.1f s", es.name,
-                     len(part.questions), len(part.questions) * len(built),
-                     time.perf_counter() - t)
-    add_q_values(rows, skip=[r["intervention"] == "none" for r in rows])
+            outcome, set_infos = evaluate(part, interventions), list(infos)
+            if prompting.run:  # the prompting baseline: hooks off, instructed prompts
+                extra, extra_infos, texts = prompt_outcomes(model, tokenizer, part, set_tmpl,
+                                                            prompting, mode, evaluate)
+                outcome, set_infos = merge_outcomes(outcome, extra), set_infos + extra_infos
+                prompts_used[es.name] = {"mode": mode, "instructions": texts}
+            rows += _score(outcome, set_infos, halves[es.name], settings.n_resamples, seed,
+                           parts)
+            key = f"{es.name}/{outcome.metric}"
+            items[key] = item_flips(outcome)
+            if outcome.completions is not None:
+                items[key]["completions"] = outcome.completions
+            log.info("%s: %s on %d items, %d settings in %.1f s", es.name, outcome.metric,
+                     len(part.questions), len(set_infos), time.perf_counter() - t)
+    for r in (rows, parts["choice"], parts["report"]):
+        add_q_values(r, skip=[x["intervention"] == "none" for x in r])
+    chosen = choose_strengths(parts["choice"], objectives, sets.metric, layers[0],
+                              settings.headline)
     write_json(out / "results.json", rows)
     write_csv(out / "results.csv", rows)
+    write_json(out / "results_report.json", parts["report"])
     write_json(out / "items.json", items)
     write_json(out / "settings.json", {"probe_dir": str(probe.folder),
                                        "conflict_dir": str(conflict_dir) if knob else None,
                                        "match_dir": str(match.folder) if match else None,
                                        "layers": layers, "settings": infos,
-                                       "norm_unit": norm_unit})
-    plots = _plots(rows, out) if settings.plots else []
-    metrics = _headline(rows, settings.headline, layers[0])
+                                       "prompt": prompts_used, "norm_unit": norm_unit})
+    write_json(out / "selection.json", {
+        "fraction": sel.fraction, "seed": sel.seed, "metric": sets.metric, "layer": layers[0],
+        "objectives": {k: asdict(v) for k, v in objectives.items()},
+        "chosen": {k: {**v, "objective": [[s_, x] for s_, x in v["objective"].items()]}
+                   for k, v in chosen.items()},
+        "halves": {k: {"choice": a, "report": b} for k, (a, b) in halves.items()}})
+    swept = [r for r in rows if r["intervention"] != "prompt"]  # no strength: no curve
+    plots = _plots(swept, out) if settings.plots else []
+    metrics = _headline(parts["report"], {k: v["strength"] for k, v in chosen.items()},
+                        layers[0])
+    metrics.update(_selection_metrics(chosen, halves))
     metrics.update(erase_metrics)
     metrics.update({"n_settings": len(built), "n_rows": len(rows),
                     "seconds": time.perf_counter() - start})

@@ -88,7 +88,7 @@ def _check_rows(rows: list[dict], n_items: int) -> None:
 def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     """Two jobs of a Hydra multirun (units=gap,abs), direction interventions only."""
     args = [*_common(work), "steering.interventions=[add,ablate,released]", "steering.strengths.add=[1.0,2.0]",
-            "steering.strengths.released=[1.0]", "steering.headline.released=1.0", "logger=offline",
+            "steering.strengths.released=[1.0]", "logger=offline",
             "steering.units=gap,abs", f"hydra.sweep.dir={work['root'] / 'multi'}", "-m"]
     proc = run_module("analysis.steer", *args, cwd=work["root"], timeout=600,
                       env={"OMP_NUM_THREADS": "1"})
@@ -100,8 +100,9 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
     with open(runs[0] / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     _check_rows(rows, 12)
-    # 1 unsteered + add: 2 x (direction, negated, 3 random) + ablate 4 + released 1 x 4
-    assert len(rows) == 1 + 10 + 4 + 4
+    # 1 unsteered + add: 2 x (direction, negated, 3 random) + ablate 4 + released 1 x 4 + the
+    # prompting baseline (on in conf/steer/organism.yaml): direction, negated
+    assert len(rows) == 1 + 10 + 4 + 4 + 2
     assert {r["metric"] for r in rows} == {"teacher_forced"}
     assert all("margin" in r for r in rows)
     metrics = json.loads((runs[0] / "metrics.json").read_text())
@@ -116,12 +117,29 @@ def test_cli_multirun_writes_results_plots_metrics_and_wandb(work):
                                       "steer_teacher_forced_released_L1.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
     settings = json.loads((runs[0] / "settings.json").read_text())
-    assert len(settings["settings"]) == len(rows) and settings["layers"] == [1]
+    assert len(settings["settings"]) + 2 == len(rows) and settings["layers"] == [1]
+    # the strength is chosen on one half of the items, every headline figure measured on the
+    # other
+    sel = json.loads((runs[0] / "selection.json").read_text())
+    choice, report_ids = sel["halves"]["toy"]["choice"], sel["halves"]["toy"]["report"]
+    assert len(choice) == len(report_ids) == 6 and not set(choice) & set(report_ids)
+    objective = dict(map(tuple, sel["chosen"]["add"]["objective"]))
+    assert sorted(objective) == [1.0, 2.0] and not sel["chosen"]["add"]["fixed"]
+    best = max(objective.values())
+    assert metrics["headline/add/strength"] == min(s for s, v in objective.items() if v == best)
+    assert metrics["headline/add/objective"] == best and metrics["selection/toy/n_report"] == 6
+    report = json.loads((runs[0] / "results_report.json").read_text())
+    assert {r["half"] for r in rows} == {"all"} and {r["half"] for r in report} == {"report"}
+    head = next(r for r in report if r["intervention"] == "add" and r["condition"] == "direction"
+                and r["strength"] == metrics["headline/add/strength"])
+    assert head["n"] == 6 and metrics["toy/teacher_forced/add/direction/diff"] == head["diff"]
+    assert metrics["toy/teacher_forced/unsteered/accuracy"] == next(
+        r["accuracy"] for r in report if r["intervention"] == "none")
     abs_rows = json.loads((runs[1] / "results.json").read_text())
     assert [r["margin"] for r in abs_rows if r["intervention"] == "add"] != \
         [r["margin"] for r in rows if r["intervention"] == "add"]
     offline = read_offline_run(next((runs[0] / "wandb").glob("offline-run-*")))
-    assert offline["summary"]["n_settings"] == metrics["n_settings"] == len(rows)
+    assert offline["summary"]["n_settings"] == metrics["n_settings"] == len(rows) - 2
     assert any("steer/strength" in h for h in offline["history"])
 
 
@@ -139,17 +157,30 @@ def test_latent_sweep_with_a_matching_run_and_generation(work, tmp_path):
                  "steering.interventions=[add,scale,erase,add_latent,clamp_latent]",
                  "steering.strengths.add=[1.0]",
                  "steering.strengths.scale=[2.0]", "steering.strengths.add_latent=[4.0]",
-                 "steering.strengths.clamp_latent=[0.0,4.0]", "steering.headline.scale=2.0",
-                 "steer.generate.n=4", "steer.generate.max_new_tokens=3"]
+                 "steering.strengths.clamp_latent=[0.0,4.0]", "+steering.headline.scale=2.0",
+                 "steer.generate.n=4", "steer.generate.max_new_tokens=3",
+                 "steer.prompting.run=true"]
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("steer", overrides=overrides)
     metrics = steer_job(JobContext(cfg=cfg, run_dir=tmp_path, tracker=Tracker(mode="disabled")))
     rows = json.loads((tmp_path / "results.json").read_text())
     tf = [r for r in rows if r["metric"] == "teacher_forced"]
     gen = [r for r in rows if r["metric"] == "generate"]
-    assert len(tf) == len(gen) == metrics["n_settings"]
+    assert len(tf) == len(gen) == metrics["n_settings"] + 2  # + the prompting baseline
     _check_rows(tf, 12)
     _check_rows(gen, 4)
+    # the prompting baseline: hooks off, the instruction added, the same paired statistics
+    prompt = {r["condition"]: r for r in tf if r["intervention"] == "prompt"}
+    assert set(prompt) == {"direction", "negated"} and prompt["direction"]["logp_gold_diff"] != 0
+    assert all(r["layer"] is None and r["strength"] is None for r in prompt.values())
+    instructions = json.loads((tmp_path / "settings.json").read_text())["prompt"]["toy"]
+    assert instructions == {"mode": "reasoning", "instructions": {
+        "direction": "Think step by step.", "negated": "Answer from memory."}}
+    for key in ("toy/teacher_forced/prompt/direction/diff",
+                "toy/teacher_forced/prompt/negated/p_value",
+                "toy/generate/prompt/direction/diff"):
+        assert key in metrics, key
+    assert metrics["headline/scale/strength"] == 2.0 and metrics["headline/scale/fixed"] == 1.0
     conds = {(r["intervention"], r["condition"]) for r in tf}
     assert {("add", "orthogonal"), ("scale", "orthogonal"), ("add_latent", "latent"),
             ("add_latent", "random_latent"), ("clamp_latent", "latent"),
