@@ -385,12 +385,9 @@ def _paired_blocks(st: _Stage) -> list[Block]:
             summary += f"; +LiReF accuracy diff {st.ci(head).text}"
             if f"{set_}/{metric}/add/random/diff" in m:
                 summary += f" vs random {fmt(m[f'{set_}/{metric}/add/random/diff'])}"
-<<<<<<< HEAD
         summary += _removal_summary(st, f"{set_}/{metric}")
-=======
         if f"{set_}/{metric}/prompt/direction/diff" in m:
             summary += f"; prompting {st.ci(f'{set_}/{metric}/prompt/direction/diff').text}"
->>>>>>> wt_heldout
         blocks.append(Block("table", "paired effects at the headline strength (accuracy "
                                      "difference to the unsteered run)",
                             ["intervention", "condition", "accuracy diff [95% CI]", "McNemar p",
