@@ -160,38 +160,42 @@ def _conflict(st: StageLike) -> list[Finding]:
     out = [Finding(anchor("conflicts"), "Knowledge conflicts", parts)]
     refs = list(dict.fromkeys(k.split("/")[1] for k in m
                               if k.startswith("transfer/") and k.endswith("/auroc")))
+    line: Parts = []
     for ref in refs[:MAX_PER_KIND]:
         pre = f"transfer/{ref}/"
-        line: Parts = ["scored unchanged on the conflict items: AUROC ",
-                       *_ci(st, pre + "auroc", strong=True)]
+        line += ["; " if line else "", f"{ref}'s LiReF scored unchanged on the conflict items: "
+                 "AUROC ", *_ci(st, pre + "auroc", strong=True)]
         if f"knob/{ref}/cosine" in m:
-            line += ["; cosine with the conflict direction ", _num(st, f"knob/{ref}/cosine",
-                                                                   True),
+            line += [", cosine with the conflict direction ",
+                     _num(st, f"knob/{ref}/cosine", True),
                      " (null 95% ", _num(st, f"knob/{ref}/null_low", True), "..",
                      _num(st, f"knob/{ref}/null_high", True), ", p ",
                      _num(st, f"knob/{ref}/p_value"), ")"]
-        out.append(Finding(anchor("conflicts"), f"LiReF of {ref} on conflicts", line))
+    if line:
+        out.append(Finding(anchor("conflicts"), "LiReF on conflicts", line))
     return out
 
 
 def _conflict_steering(st: StageLike, steer: _Steering) -> list[Finding]:
-    """+LiReF / -LiReF on counterfactual items: the change of the context and memory rates."""
-    out = []
-    for rate, cond, label in (("rate_context", "direction", "+LiReF on counterfactual items"),
-                              ("rate_memory", "negated", "-LiReF on counterfactual items")):
+    """One line: +LiReF's change of the context rate and -LiReF's of the memory rate on
+    counterfactual items, each beside random directions."""
+    parts: Parts = []
+    for rate, cond, sign in (("rate_context", "direction", "+"), ("rate_memory", "negated", "-")):
         metric = steer.metric("conflict_counterfactual", f"add/{cond}/{rate}_diff")
         if metric is None:
             continue
         pre = f"conflict_counterfactual/{metric}/"
         what = "context" if rate == "rate_context" else "memory"
-        parts: Parts = [f"{what}-answer rate ", _num(st, pre + f"unsteered/{rate}"),
-                        steer.where(), ", change ",
-                        *_ci(st, pre + f"add/{cond}/{rate}_diff", True, strong=True)]
+        parts += ["; " if parts else "", f"{sign}LiReF: {what}-answer rate ",
+                  _num(st, pre + f"unsteered/{rate}"), ", change ",
+                  *_ci(st, pre + f"add/{cond}/{rate}_diff", True, strong=True)]
         if pre + f"add/random/{rate}_diff" in st.metrics:
             parts += [" vs ", _num(st, pre + f"add/random/{rate}_diff", True),
                       " for random directions of the same norm"]
-        out.append(Finding(anchor("conflicts"), label, parts))
-    return out
+    if not parts:
+        return []
+    return [Finding(anchor("conflicts"), "LiReF on counterfactual items",
+                    [*parts, steer.where()])]
 
 
 def _sae(st: StageLike) -> Finding | None:
@@ -343,7 +347,9 @@ class _Steering:
         if self.strength is None:
             return ""
         layer = "" if self.layer is None else f" at layer {fmt(int(self.layer))}"
-        return f" (add, strength {self.strength:g}{layer})"
+        chosen = ("" if self.st.metrics.get("headline/add/fixed", 1.0) else
+                  ", chosen on the other half of the items")
+        return f" (add, strength {self.strength:g}{layer}{chosen})"
 
     def steered(self, set_: str, metric: str, condition: str, value: str) -> list[float]:
         """``value`` of the rows of the headline ``add`` setting under ``condition`` (one per
@@ -384,8 +390,28 @@ def _ground_truth(st: StageLike, steer: _Steering) -> list[Finding]:
         if pre + f"add/{other}/{rate}_diff" in st.metrics:
             parts += [" and ", _num(st, pre + f"add/{other}/{rate}_diff", True),
                       f" for {other_label}"]
+        parts += _removal_and_prompting(st, pre, f"{rate}_diff")
         out.append(Finding(anchor("ground_truth"), label, parts))
     return out
+
+
+def _removal_and_prompting(st: StageLike, pre: str, stat: str) -> Parts:
+    """``; ablating it .. vs random ablations; erasing the label (LEACE) .. vs permuted-label
+    erasers; prompting ..`` for the settings a run has (``pre`` = ``<set>/<metric>/``)."""
+    m = st.metrics
+    parts: Parts = []
+    for name, what, control, control_what in (
+            ("ablate", "ablating it", "random", "random ablations"),
+            ("erase", "erasing the label (LEACE)", "permuted", "erasers of permuted labels"),
+            ("prompt", "prompting (the set's instruction)", None, "")):
+        key = pre + f"{name}/direction/{stat}"
+        if key not in m:
+            continue
+        parts += [f"; {what} ", *_ci(st, key, True)]
+        if control and pre + f"{name}/{control}/{stat}" in m:
+            parts += [" vs ", _num(st, pre + f"{name}/{control}/{stat}", True),
+                      f" for {control_what}"]
+    return parts
 
 
 def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
@@ -411,17 +437,7 @@ def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
             if pre + key in st.metrics:
                 parts += [" vs " if key.startswith("add/random") else " and ",
                           _num(st, pre + key, True), text]
-        if pre + f"ablate/direction/{stat}" in st.metrics:
-            parts += ["; ablating it ", *_ci(st, pre + f"ablate/direction/{stat}", True)]
-            if pre + f"ablate/random/{stat}" in st.metrics:
-                parts += [" vs ", _num(st, pre + f"ablate/random/{stat}", True),
-                          " for random ablations"]
-        if pre + f"erase/direction/{stat}" in st.metrics:
-            parts += ["; erasing the label (LEACE) ", *_ci(st, pre + f"erase/direction/{stat}",
-                                                            True)]
-            if pre + f"erase/permuted/{stat}" in st.metrics:
-                parts += [" vs ", _num(st, pre + f"erase/permuted/{stat}", True),
-                          " for erasers of permuted labels"]
+        parts += _removal_and_prompting(st, pre, stat)
         out.append(Finding(anchor("paired"), f"+LiReF on {set_}", parts))
     return out
 

@@ -60,5 +60,7 @@ def test_conflict_section_shows_counts_readout_transfer_knob_and_steering(tmp_pa
     assert "0.225 [0.100, 0.350]" in section
     findings = text[: text.index("## Knowledge conflicts")]
     assert "(#knowledge-conflicts): 50 facts known closed-book" in findings
-    assert "LiReF of mmlu on conflicts" in findings and "**0.486** [0.410, 0.560]" in findings
-    assert "-LiReF on counterfactual items" in findings and "**+0.225**" in findings
+    assert "LiReF on conflicts**](#knowledge-conflicts): mmlu's LiReF scored unchanged" in findings
+    assert "**0.486** [0.410, 0.560]" in findings
+    assert "LiReF on counterfactual items" in findings and "-LiReF: memory-answer rate" in findings
+    assert "**+0.225**" in findings
