@@ -390,27 +390,40 @@ def _ground_truth(st: StageLike, steer: _Steering) -> list[Finding]:
         if pre + f"add/{other}/{rate}_diff" in st.metrics:
             parts += [" and ", _num(st, pre + f"add/{other}/{rate}_diff", True),
                       f" for {other_label}"]
-        parts += _removal_and_prompting(st, pre, f"{rate}_diff")
+        parts += _removal_and_prompting(st, pre, f"{rate}_diff",
+                                        "reasoning" if cond == "direction" else "memory")
         out.append(Finding(anchor("ground_truth"), label, parts))
     return out
 
 
-def _removal_and_prompting(st: StageLike, pre: str, stat: str) -> Parts:
+def _prompt_condition(st: StageLike, set_: str, toward: str | None) -> tuple[str, str]:
+    """The prompting baseline's condition on ``set_`` whose instruction pushes ``toward`` a mode
+    (``reasoning`` / ``memory``; ``None``: the set's own mode) and that instruction's text."""
+    info = ((st.json("settings.json") or {}).get("prompt") or {}).get(set_) or {}
+    cond = "direction" if toward is None or info.get("mode") == toward else "negated"
+    return cond, str((info.get("instructions") or {}).get(cond, "the set's instruction"))
+
+
+def _removal_and_prompting(st: StageLike, pre: str, stat: str, toward: str | None = None
+                           ) -> Parts:
     """``; ablating it .. vs random ablations; erasing the label (LEACE) .. vs permuted-label
-    erasers; prompting ..`` for the settings a run has (``pre`` = ``<set>/<metric>/``)."""
+    erasers; prompting "<instruction>" ..`` for the settings a run has (``pre`` =
+    ``<set>/<metric>/``; the instruction is the one pushing ``toward`` a mode)."""
     m = st.metrics
     parts: Parts = []
     for name, what, control, control_what in (
             ("ablate", "ablating it", "random", "random ablations"),
-            ("erase", "erasing the label (LEACE)", "permuted", "erasers of permuted labels"),
-            ("prompt", "prompting (the set's instruction)", None, "")):
+            ("erase", "erasing the label (LEACE)", "permuted", "erasers of permuted labels")):
         key = pre + f"{name}/direction/{stat}"
         if key not in m:
             continue
         parts += [f"; {what} ", *_ci(st, key, True)]
-        if control and pre + f"{name}/{control}/{stat}" in m:
+        if pre + f"{name}/{control}/{stat}" in m:
             parts += [" vs ", _num(st, pre + f"{name}/{control}/{stat}", True),
                       f" for {control_what}"]
+    cond, text = _prompt_condition(st, pre.split("/")[0], toward)
+    if pre + f"prompt/{cond}/{stat}" in m:
+        parts += [f'; prompting "{text}" ', *_ci(st, pre + f"prompt/{cond}/{stat}", True)]
     return parts
 
 
@@ -437,7 +450,7 @@ def _steered_sets(st: StageLike, steer: _Steering) -> list[Finding]:
             if pre + key in st.metrics:
                 parts += [" vs " if key.startswith("add/random") else " and ",
                           _num(st, pre + key, True), text]
-        parts += _removal_and_prompting(st, pre, stat)
+        parts += _removal_and_prompting(st, pre, stat, "reasoning")
         out.append(Finding(anchor("paired"), f"+LiReF on {set_}", parts))
     return out
 
