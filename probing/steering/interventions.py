@@ -176,12 +176,13 @@ class Intervention:
                 for layer, site in self.targets(model)]
 
 
-@dataclass(eq=False)
-class _DirectionIntervention(Intervention):
+class _AtLayers(Intervention):
+    """An intervention at ``layer`` (one, several or ``None`` = every layer) x ``site``, at
+    ``positions`` (the subclass's dataclass fields)."""
+
     layer: int | Sequence[int] | None
-    direction: Direction
-    positions: Positions = field(default="all", kw_only=True)
-    site: str | Sequence[str] = field(default="block_out", kw_only=True)
+    positions: Positions
+    site: str | Sequence[str]
 
     def __post_init__(self) -> None:
         _check_positions(self.positions)
@@ -190,6 +191,14 @@ class _DirectionIntervention(Intervention):
     def targets(self, model: torch.nn.Module) -> list[tuple[int, str]]:
         layers = check_layers(model, _layers_of(self.layer))
         return [(layer, site) for layer in layers for site in self._sites]
+
+
+@dataclass(eq=False)
+class _DirectionIntervention(_AtLayers):
+    layer: int | Sequence[int] | None
+    direction: Direction
+    positions: Positions = field(default="all", kw_only=True)
+    site: str | Sequence[str] = field(default="block_out", kw_only=True)
 
     def raw_direction(self, layer: int, d_model: int) -> torch.Tensor:
         r = torch.as_tensor(_per_layer(self.direction, layer, "direction"))
@@ -326,7 +335,7 @@ class ClampLatent(_LatentIntervention):
 
 
 @dataclass(eq=False)
-class EraseConcept(Intervention):
+class EraseConcept(_AtLayers):
     """LEACE concept erasure: ``h - ((h - mean) @ proj_right^T) @ proj_left^T`` (the
     ``concept_erasure.LeaceEraser`` map; ``probing.steering.erasure.fit_eraser`` fits one).
 
@@ -342,14 +351,6 @@ class EraseConcept(Intervention):
     positions: Positions = field(default="all", kw_only=True)
     site: str | Sequence[str] = field(default="block_out", kw_only=True)
     kind: ClassVar[str] = "erase"
-
-    def __post_init__(self) -> None:
-        _check_positions(self.positions)
-        self._sites = _sites_of(self.site)
-
-    def targets(self, model: torch.nn.Module) -> list[tuple[int, str]]:
-        layers = check_layers(model, _layers_of(self.layer))
-        return [(layer, site) for layer in layers for site in self._sites]
 
     def op(self, layer: int, site: str, d_model: int) -> Op:
         e = _per_layer(self.eraser, layer, "eraser")
