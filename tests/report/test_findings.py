@@ -96,6 +96,14 @@ def _steer_organism() -> tuple[dict[str, Any], list[dict[str, Any]]]:
                                  "ci_high": 0.95 - value, rate: value,
                                  f"{rate}_ci_low": value - 0.05,
                                  f"{rate}_ci_high": value + 0.05})
+    pre = "exceptions/teacher_forced/"  # the removals and the prompting baseline
+    for key, value in (("ablate/direction", 0.1), ("erase/direction", 0.12),
+                       ("prompt/negated", 0.33), ("prompt/direction", -0.4)):
+        metrics[pre + f"{key}/rate_rule_diff"] = value
+        metrics[pre + f"{key}/rate_rule_diff_ci_low"] = value - 0.07
+        metrics[pre + f"{key}/rate_rule_diff_ci_high"] = value + 0.07
+    metrics[pre + "ablate/random/rate_rule_diff"] = 0.0
+    metrics[pre + "erase/permuted/rate_rule_diff"] = 0.04
     return metrics, rows
 
 
@@ -163,7 +171,10 @@ def write_run(root: Path, stages: tuple[str, ...] = ("probe", "sae", "match", "s
             _write(run / "steer", _steer_real(), {})
         else:
             metrics, rows = _steer_organism()
-            _write(run / "steer", metrics, {"results.json": rows} if results else {})
+            _write(run / "steer", metrics, {"results.json": rows, "settings.json": {
+                "prompt": {"exceptions": {"mode": "memory", "instructions": {
+                    "direction": "Answer from memory.", "negated": "Think step by step."}}}}}
+                if results else {})
             _png(run / "steer" / "steer_teacher_forced_add_L2.png")  # an older layout
     return run
 
@@ -302,6 +313,11 @@ def test_findings_come_first_link_to_their_sections_and_show_the_metrics(tmp_pat
     assert ("rule-answer rate 0.100 \u2192 0.600 (add, strength 1 at layer 2), change +0.500 "
             "[+0.420, +0.580] vs +0.150 for random directions of the same norm (2 seeds, rates "
             "0.200\u20130.300) and +0.050 for -LiReF") in got["+LiReF on exceptions"]
+    # beside it: ablation vs random, LEACE vs permuted-label erasers, and the instruction that
+    # pushes the same way as +LiReF ("Think step by step.", the exceptions' negated condition)
+    assert ("; ablating it +0.100 [+0.030, +0.170] vs +0.000 for random ablations; erasing the "
+            "label (LEACE) +0.120 [+0.050, +0.190] vs +0.040 for erasers of permuted labels; "
+            'prompting "Think step by step." +0.330 [+0.260, +0.400]') in got["+LiReF on exceptions"]
     assert ("stale-answer rate 0.020 \u2192 0.080 (add, strength 1 at layer 2), change +0.060 "
             "[-0.020, +0.140] vs -0.005 for random directions") in got["-LiReF on near-exceptions"]
     anchors = {f["text"].split(":", 1)[0]: f["href"] for f in page.findings}
@@ -364,7 +380,8 @@ def test_long_tables_collapse_and_every_table_scrolls_in_its_box(tmp_path):
     assert page.tables and page.tables_in_scroll == page.tables
     assert "held-out test figures per layer: 30 rows" in page.summaries
     paired = [s for s in page.summaries if s.startswith(("exceptions", "near_exceptions"))]
-    assert paired == ["exceptions (teacher-forced): 3 settings (add); +LiReF accuracy diff "
+    assert paired == ["exceptions (teacher-forced): 9 settings (ablate, add, erase, prompt); "
+                      "+LiReF accuracy diff "
                       "-0.500 [-0.600, -0.400] vs random -0.150",
                       "near_exceptions (teacher-forced): 3 settings (add); +LiReF accuracy diff "
                       "-0.010 [-0.110, 0.090] vs random 0.005"]
