@@ -30,14 +30,16 @@ def log_probe_report(ctx: Any, report: Any) -> None:
     m = report.metrics
     log.info("layer %d (chosen on validation): test accuracy %.3f [%.3f, %.3f], balanced "
              "accuracy %.3f [%.3f, %.3f], AUROC %.3f [%.3f, %.3f]; bag-of-words AUROC %.3f, "
-             "embedding AUROC %s, format AUROC %s; format residualised: AUROC %s; probe in %s",
+             "embedding AUROC %s, format AUROC %s (surface only %s); format residualised: "
+             "AUROC %s (surface only %s); probe in %s",
              report.best_layer, m["best/accuracy"], m["best/accuracy_ci_low"],
              m["best/accuracy_ci_high"], m["best/balanced_accuracy"],
              m["best/balanced_accuracy_ci_low"], m["best/balanced_accuracy_ci_high"],
              m["best/auroc"], m["best/auroc_ci_low"],
              m["best/auroc_ci_high"], m.get("control/bow_auroc", float("nan")),
              *(f"{m[k]:.3f}" if k in m else "n/a" for k in (
-                 "control/embedding_auroc", "control/format_auroc", "best/residualised_auroc")),
+                 "control/embedding_auroc", "control/format_auroc", "control/surface_auroc",
+                 "best/residualised_auroc", "best/residualised_surface_auroc")),
              report.files["probe"])
 
 

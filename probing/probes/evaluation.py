@@ -53,7 +53,10 @@ __all__ = [
 ]
 
 #: the control figures written beside every probe result
-CONTROL_KEYS = ("bow", "embedding", "format")
+CONTROL_KEYS = ("bow", "embedding", "format", "surface")
+#: residualised-AUROC key prefix per covariate set (``surface``: the format covariates without
+#: the source / category one-hots, informative where those determine the label)
+RESIDUALISED = {"format": "residualised_", "surface": "residualised_surface_"}
 
 
 @dataclass(frozen=True)
@@ -225,19 +228,29 @@ def _control_scores(controls: Mapping[str, Any], y: np.ndarray, tr: np.ndarray,
     if emb is not None:
         emb = np.asarray(emb, dtype=np.float64)
         out["embedding"] = embedding_scores(emb[tr], y[tr], emb[te])
-    z = _format(controls)
-    if z is not None:
-        out["format"] = format_scores(z[tr], y[tr], z[te])
+    for name, z in _covariate_sets(controls).items():
+        out[name] = format_scores(z[tr], y[tr], z[te])
     return out
 
 
-def _format(controls: Mapping[str, Any]) -> np.ndarray | None:
-    """The ``[N, F]`` format covariates of ``controls`` (``None`` when absent or ``F == 0``)."""
+def _covariate_sets(controls: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{"format": [N, F]}`` covariates of ``controls`` (none when absent or ``F == 0``) and,
+    when some of its columns (``format_names``) are source / category one-hots (``key=value``)
+    and some are not, ``"surface"``: the other columns alone (length, digits, numerals,
+    options). Where the label is a function of the category, ``format`` is perfect by
+    construction and only ``surface`` says whether the surface gives the label away."""
     z = controls.get("format")
     if z is None:
-        return None
+        return {}
     z = np.asarray(z, dtype=np.float64)
-    return z if z.ndim == 2 and z.shape[1] > 0 else None
+    if z.ndim != 2 or z.shape[1] == 0:
+        return {}
+    out = {"format": z}
+    names = list(controls.get("format_names") or [])
+    keep = [j for j, n in enumerate(names) if "=" not in n]
+    if len(names) == z.shape[1] and 0 < len(keep) < len(names):
+        out["surface"] = z[:, keep]
+    return out
 
 
 def selectivities(auroc: float, controls: Mapping[str, float], prefix: str = "control/",
@@ -360,7 +373,7 @@ def evaluate_layers(
         raise LirefError(f"select_by must be 'auroc' or 'accuracy', got {select_by!r}")
     xs = {layer: acts[:, j].to(torch.float64).numpy() for j, layer in enumerate(layers)}
     controls = dict(controls or {})
-    z = _format(controls)
+    zs = _covariate_sets(controls)
     gid = _groups(len(y_arr), groups)
     if k_folds is None:
         split = grouped_split(y_arr, gid, val_size, test_size, seed)
@@ -380,11 +393,11 @@ def evaluate_layers(
     oof: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     val: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
     extra: dict[int, list[dict[str, float]]] = {layer: [] for layer in layers}
-    resid: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    resid = {name: {layer: [] for layer in layers} for name in zs}
     control_parts: dict[str, list[np.ndarray]] = {}
     choices: list[int] = []
     chosen_scores: list[np.ndarray] = []
-    chosen_resid: list[np.ndarray] = []
+    chosen_resid: dict[str, list[np.ndarray]] = {name: [] for name in zs}
     for tr, va, te in folds:
         # the layer is chosen by probes fitted on tr and scored on va
         fold_val = {}
@@ -402,9 +415,9 @@ def evaluate_layers(
                 probe, (s_test,) = _fit_scores(x, y_arr, fit_idx, [te], kind, params)
                 train_acc = probe.score(x[fit_idx], y_arr[fit_idx])
             oof[layer].append(s_test)
-            if z is not None:
-                resid[layer].append(_residualised_scores(x, y_arr, z, fit_idx, te, kind,
-                                                         params))
+            for name, z in zs.items():
+                resid[name][layer].append(_residualised_scores(x, y_arr, z, fit_idx, te, kind,
+                                                               params))
             row = {"train_accuracy": train_acc}
             if compare_logistic:
                 row["cos_logistic_diffmean"] = _logistic_agreement(x, y_arr, fit_idx)
@@ -412,8 +425,8 @@ def evaluate_layers(
         chosen = select_layer([{"layer": lay, **m} for lay, m in fold_val.items()], select_by)
         choices.append(chosen)
         chosen_scores.append(oof[chosen][-1])
-        if z is not None:
-            chosen_resid.append(resid[chosen][-1])
+        for name in zs:
+            chosen_resid[name].append(resid[name][chosen][-1])
         fit_idx = tr if k_folds is None else np.sort(np.concatenate([tr, va]))
         for name, s in _control_scores(controls, y_arr, fit_idx, te).items():
             control_parts.setdefault(name, []).append(s)
@@ -429,24 +442,25 @@ def evaluate_layers(
         for key in extra[layer][0]:
             row[key] = float(np.mean([e[key] for e in extra[layer]]))
         row.update(selectivities(row["auroc"], control_metrics)[0])
-        if z is not None:
-            row.update(_residualised_metrics(y_test, resid[layer], n_resamples, seed))
+        for name in zs:
+            row.update(_residualised_metrics(y_test, resid[name][layer], n_resamples, seed,
+                                             RESIDUALISED[name]))
         row.update(control_metrics)
         rows.append(row)
     best_layer = max(set(choices), key=lambda layer: (choices.count(layer), -layer))
     best = score_metrics(y_test, np.concatenate(chosen_scores), n_resamples, seed)
     sel, strongest = selectivities(best["auroc"], control_metrics)
     best.update(sel)
-    if z is not None:
-        best.update(_residualised_metrics(y_test, chosen_resid, n_resamples, seed))
+    for name in zs:
+        best.update(_residualised_metrics(y_test, chosen_resid[name], n_resamples, seed,
+                                          RESIDUALISED[name]))
     return LayerEvaluation(rows=rows, best_layer=best_layer, best=best,
                            controls=control_metrics, split=split_info, layer_choices=choices,
                            strongest_control=strongest)
 
 
 def _residualised_metrics(y_test: np.ndarray, parts: Sequence[np.ndarray], n_resamples: int,
-                          seed: int) -> dict[str, float]:
-    """``residualised_auroc`` with ``_ci_low`` / ``_ci_high`` of the pooled test scores."""
+                          seed: int, prefix: str = "residualised_") -> dict[str, float]:
+    """``<prefix>auroc`` with ``_ci_low`` / ``_ci_high`` of the pooled test scores."""
     auc, lo, hi = auroc_with_ci(y_test, np.concatenate(parts), n_resamples, seed=seed)
-    return {"residualised_auroc": auc, "residualised_auroc_ci_low": lo,
-            "residualised_auroc_ci_high": hi}
+    return {f"{prefix}auroc": auc, f"{prefix}auroc_ci_low": lo, f"{prefix}auroc_ci_high": hi}

@@ -26,21 +26,24 @@ CONTROL_LINES = (
     ("control/bow_auroc", "bag-of-words AUROC", "tab:grey"),
     ("control/embedding_auroc", "embedding-probe AUROC", "tab:brown"),
     ("control/format_auroc", "format-covariates AUROC", "tab:olive"),
+    ("control/surface_auroc", "surface-covariates AUROC", "tab:cyan"),
 )
-#: the per-layer curve of the probe on format-residualised activations: (key, label, colour)
-RESIDUALISED = ("residualised_auroc", "AUROC, format regressed out", "tab:purple")
+#: the per-layer curves of the probe on residualised activations: (key, label, colour)
+RESIDUALISED = (("residualised_auroc", "AUROC, format regressed out", "tab:purple"),
+                ("residualised_surface_auroc", "AUROC, surface regressed out", "tab:pink"))
 
 
 def plot_residualised(ax: Any, per_layer: Sequence[Mapping[str, Any]]) -> None:
-    """Draw ``residualised_auroc`` against layer with its 95% band on ``ax`` (when recorded)."""
-    key, label, colour = RESIDUALISED
-    if not per_layer or key not in per_layer[0]:
-        return
+    """Draw each recorded residualised AUROC against layer with its 95% band on ``ax``."""
     layers = [r["layer"] for r in per_layer]
-    ax.plot(layers, [r[key] for r in per_layer], marker="s", ms=3, ls="--", color=colour,
-            label=label)
-    ax.fill_between(layers, [r[f"{key}_ci_low"] for r in per_layer],
-                    [r[f"{key}_ci_high"] for r in per_layer], color=colour, alpha=0.12, lw=0)
+    for key, label, colour in RESIDUALISED:
+        if not per_layer or key not in per_layer[0]:
+            continue
+        ax.plot(layers, [r[key] for r in per_layer], marker="s", ms=3, ls="--", color=colour,
+                label=label)
+        ax.fill_between(layers, [r[f"{key}_ci_low"] for r in per_layer],
+                        [r[f"{key}_ci_high"] for r in per_layer], color=colour, alpha=0.12,
+                        lw=0)
 
 
 def plot_layer_metrics(per_layer: Sequence[Mapping[str, Any]], path: str | Path,

@@ -136,20 +136,27 @@ def _probe_section(st: _Stage) -> list[Block]:
                          "count, source set and category where the data has several). "
                          "Residualised AUROC: the same probe refitted on the activations with "
                          "the format covariates regressed out (least squares fitted on the "
-                         "training part). Selectivity = probe AUROC - the strongest control's "
-                         "AUROC (selectivity vs bag-of-words beside it).")]
+                         "training part); where the data has sources or categories, the "
+                         "surface covariates alone (length, digits, numerals, options) too, "
+                         "since a label assigned per category makes the format control "
+                         "perfect by construction. Selectivity = probe AUROC - the strongest "
+                         "control's AUROC (selectivity vs bag-of-words beside it).")]
     rows = []
+    surface = "best/residualised_surface_auroc" in m
     for r in per_layer:
         layer = int(r["layer"])
         pre = f"layer_{layer:02d}/"
         name = f"**{layer}** (chosen)" if layer == best else str(layer)
         rows.append([name, st.ci(pre + "accuracy"), st.ci(pre + "balanced_accuracy"),
                      st.ci(pre + "auroc"), st.ci(pre + "residualised_auroc"),
+                     *([st.ci(pre + "residualised_surface_auroc")] if surface else []),
                      st.cell(pre + "val_auroc"), st.cell(pre + "selectivity"),
                      st.cell(pre + "selectivity_bow")])
     blocks.append(Block("table", "held-out test figures per layer",
                         ["layer", "accuracy", "balanced accuracy", "AUROC",
-                         "AUROC, format residualised", "validation AUROC",
+                         "AUROC, format residualised",
+                         *(["AUROC, surface residualised"] if surface else []),
+                         "validation AUROC",
                          "selectivity (strongest control)", "selectivity (bag-of-words)"],
                         rows))
     controls = [[label, st.ci(f"{pre}accuracy"), st.ci(f"{pre}balanced_accuracy"),
@@ -157,9 +164,14 @@ def _probe_section(st: _Stage) -> list[Block]:
                 for label, pre in (("bag-of-words (prompt text)", "control/bow_"),
                                    ("mean input embedding", "control/embedding_"),
                                    ("format covariates", "control/format_"),
+                                   *([("surface covariates (no source, no category)",
+                                       "control/surface_")] if surface else []),
                                    (f"probe at the chosen layer {best}", "best/"))]
     controls.append([f"probe at layer {best}, format residualised", "-", "-",
                      st.ci("best/residualised_auroc")])
+    if surface:
+        controls.append([f"probe at layer {best}, surface residualised", "-", "-",
+                         st.ci("best/residualised_surface_auroc")])
     blocks.append(Block("table", "the probe beside its controls (test part)",
                         ["classifier", "accuracy", "balanced accuracy", "AUROC"], controls))
     transfer = sorted({k.split("/")[1] for k in m if k.startswith("transfer/")})

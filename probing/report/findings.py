@@ -87,12 +87,15 @@ def _probe(st: StageLike) -> Finding | None:
     if "best/residualised_auroc" in m:
         parts += ["; with the format covariates regressed out: AUROC ",
                   *_ci(st, "best/residualised_auroc")]
+    if "best/residualised_surface_auroc" in m:
+        parts += [" (surface only, without source and category: ",
+                  *_ci(st, "best/residualised_surface_auroc"), ")"]
     return Finding(anchor("probe"), "Probe", parts)
 
 
 #: the controls a finding compares against: (metric key stem, name in the text)
 CONTROL_NAMES = (("bow", "bag-of-words"), ("embedding", "embedding probe"),
-                 ("format", "format covariates"))
+                 ("format", "format covariates"), ("surface", "surface covariates"))
 
 
 def _strongest(st: StageLike, prefix: str) -> tuple[str, str] | None:

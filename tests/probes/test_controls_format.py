@@ -117,3 +117,29 @@ def test_selectivity_is_against_the_strongest_control() -> None:
     assert name == "embedding"
     assert sel == {"selectivity": pytest.approx(0.2), "selectivity_bow": pytest.approx(0.3)}
     assert selectivities(0.9, {}) == ({}, None)
+
+
+def test_a_label_assigned_per_category_is_read_by_the_surface_control() -> None:
+    """Labels given per category (MMLU-Pro by category): the format control, which holds the
+    category one-hots, is perfect and its residualised probe at chance by construction; the
+    surface covariates alone (no length or digit shift here) say the label is not in the
+    surface, and the probe on surface-residualised activations keeps the genuine signal."""
+    acts, y, controls = _planted(genuine=2.0, shift=0.0)
+    names = ["tokens", "digits", "numerals", "category=math", "category=history"]
+    controls = {**controls, "format": np.column_stack([controls["format"], y, 1 - y]),
+                "format_names": names}
+    ev = evaluate_layers(acts, y, [0, 1], controls=controls, compare_logistic=False,
+                         n_resamples=100)
+    assert ev.controls["control/format_auroc"] > 0.99
+    assert ev.controls["control/surface_auroc"] < 0.7
+    assert ev.strongest_control == "format"
+    assert abs(ev.best["residualised_auroc"] - 0.5) < 0.2  # the category took the label along
+    assert ev.best["residualised_surface_auroc"] > 0.9
+    assert ev.best["residualised_surface_auroc_ci_low"] <= ev.best["residualised_surface_auroc"]
+    for row in ev.rows:
+        assert row["residualised_surface_auroc"] > 0.9
+    # without the names, or without one-hot columns, there is no separate surface set
+    plain = evaluate_layers(acts, y, [0, 1], controls={"format": controls["format"]},
+                            compare_logistic=False, n_resamples=50)
+    assert "control/surface_auroc" not in plain.controls
+    assert "residualised_surface_auroc" not in plain.best
