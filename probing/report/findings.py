@@ -350,7 +350,10 @@ class _Steering:
         if self.strength is None:
             return ""
         layer = "" if self.layer is None else f" at layer {fmt(int(self.layer))}"
+        tried = (((self.st.json("selection.json") or {}).get("chosen") or {}).get("add")
+                 or {}).get("objective") or []
         chosen = ("" if self.st.metrics.get("headline/add/fixed", 1.0) else
+                  ", the only strength swept" if len(tried) == 1 else
                   ", chosen on the other half of the items")
         return f" (add, strength {self.strength:g}{layer}{chosen})"
 
