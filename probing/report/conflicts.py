@@ -18,7 +18,11 @@ _CONDITIONS = (("add", "direction", "+LiReF"), ("add", "negated", "-LiReF"),
                ("add", "random", "random (mean)"), ("add", "conflict", "+conflict direction"),
                ("add", "negated_conflict", "-conflict direction"),
                ("ablate", "direction", "ablate LiReF"), ("ablate", "random", "ablate random"),
-               ("erase", "direction", "erase (LEACE)"), ("erase", "permuted", "erase permuted"))
+               ("erase", "direction", "erase (LEACE)"), ("erase", "permuted", "erase permuted"),
+               ("prompt", "direction", "prompt: set's mode"),
+               ("prompt", "negated", "prompt: other mode"))
+#: the settings whose columns appear only when they ran
+_OPTIONAL = ("erase", "prompt")
 
 
 def _counts(st: Any) -> list[Block]:
@@ -76,8 +80,8 @@ def _readout(st: Any) -> list[Block]:
 
 def _steering(steer: Any) -> list[Block]:
     rows: list[list[Cell | str]] = []
-    erased = any("/erase/" in k for k in steer.metrics)  # its columns only when it ran
-    conds = [c for c in _CONDITIONS if c[0] != "erase" or erased]
+    ran = {name for name in _OPTIONAL if any(f"/{name}/" in k for k in steer.metrics)}
+    conds = [c for c in _CONDITIONS if c[0] not in _OPTIONAL or c[0] in ran]
     for metric in ("teacher_forced", "generate"):
         for set_, what in CONFLICT_SETS:
             rows += _steering_rows(steer, f"{set_}/{metric}", what,
@@ -92,7 +96,11 @@ def _steering(steer: Any) -> list[Block]:
                        "alias, whole words). If the LiReF carries the "
                        "paper's mode, +LiReF raises the context rate on counterfactual items "
                        "and -LiReF the memory rate, while consistent items stay right. "
-                       "Difference from the unsteered run, paired 95% bootstrap interval."),
+                       "Difference from the unsteered run, paired 95% bootstrap interval. "
+                       "Prompting baseline (when run): the instruction of the set's mode "
+                       "(counterfactual and consistent items: \"Answer using the text "
+                       "above.\", closed-book: \"Answer from memory.\") and of the other "
+                       "mode (\"Answer from memory.\" / \"Think step by step.\")."),
             Block("table", "conflict sets under steering",
                   ["items", "scored", "score", "unsteered", *[c[2] for c in conds]], rows)]
 

@@ -47,6 +47,9 @@ def test_conflict_section_shows_counts_readout_transfer_knob_and_steering(tmp_pa
              "conflict_counterfactual/generate/add/negated/rate_memory_diff_ci_low": 0.1,
              "conflict_counterfactual/generate/add/negated/rate_memory_diff_ci_high": 0.35,
              "conflict_counterfactual/generate/add/random/rate_memory_diff": -0.008,
+             "conflict_counterfactual/generate/prompt/negated/rate_memory_diff": 0.15,
+             "conflict_counterfactual/generate/prompt/negated/rate_memory_diff_ci_low": 0.0,
+             "conflict_counterfactual/generate/prompt/negated/rate_memory_diff_ci_high": 0.3,
              "headline/add/strength": 1.0, "headline/add/layer": 1.0}
     _write(run / "steer", "metrics.json", steer)
     md, _ = build_report(run)
@@ -58,6 +61,9 @@ def test_conflict_section_shows_counts_readout_transfer_knob_and_steering(tmp_pa
     assert "-0.017 (null -0.220..0.240, p 0.900)" in section
     assert "| counterfactual statement | generated | memory | 0.050 |" in section
     assert "0.225 [0.100, 0.350]" in section
+    # the prompting baseline's columns (it ran), not erasure's (it did not)
+    assert "prompt: other mode" in section and "0.150 [0.000, 0.300]" in section
+    assert "erase (LEACE)" not in section
     findings = text[: text.index("## Knowledge conflicts")]
     assert "(#knowledge-conflicts): 50 facts known closed-book" in findings
     assert "LiReF on conflicts**](#knowledge-conflicts): mmlu's LiReF scored unchanged" in findings
