@@ -108,14 +108,12 @@ def prompt_outcomes(model: Any, tokenizer: Any, evalset: Any, template: Any,
     """``(Outcomes [k, N], k setting infos, {condition: instruction})``: ``evaluate(evalset,
     [[]])`` (a teacher-forced or generation pass, hooks off) on the set's items with each
     instruction."""
-    from probing.steering.evaluate import EvalSet
     from probing.steering.sweep import INFO_KEYS
 
     merged, infos, texts = None, [], {}
     for cond, text, after in prompt_settings(prompting, mode):
-        es = EvalSet(evalset.name, evalset.questions,
-                     instructed_prompts(evalset.questions, template, tokenizer, text, after),
-                     evalset.rates, evalset.contrast, evalset.add_special_tokens)
+        es = replace(evalset, prompts=instructed_prompts(evalset.questions, template, tokenizer,
+                                                         text, after))
         out = evaluate(es, [[]])
         merged = out if merged is None else merge_outcomes(merged, out)
         infos.append({**dict.fromkeys(INFO_KEYS), "intervention": "prompt", "condition": cond})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,13 +214,12 @@ def _subset(evalset: Any, n: int, seed: int,
             halves: tuple[list[str], list[str]] | None = None) -> Any:
     """``n`` items of a seeded shuffle of ``evalset`` (for generation), in the items' order;
     with ``halves`` (choice, report ids) drawn from each half in proportion to its size."""
-    from probing.steering.evaluate import EvalSet
-
     total = len(evalset.questions)
     if n >= total:
         return evalset
-    pools = [list(range(total))] if halves is None else [
-        [i for i, q in enumerate(evalset.questions) if q.id in set(ids)] for ids in halves]
+    wanted = [None] if halves is None else [set(ids) for ids in halves]
+    pools = [[i for i, q in enumerate(evalset.questions) if ids is None or q.id in ids]
+             for ids in wanted]
     rng = np.random.default_rng(seed)
     n_first = n if len(pools) == 1 else min(len(pools[0]), max(1, round(n * len(pools[0])
                                                                         / total)))
@@ -228,9 +227,8 @@ def _subset(evalset: Any, n: int, seed: int,
     for pool, k in zip(pools, [n_first, n - n_first], strict=False):
         keep += [pool[i] for i in rng.permutation(len(pool))[:k]]
     keep = sorted(keep)
-    return EvalSet(evalset.name, [evalset.questions[i] for i in keep],
-                   [evalset.prompts[i] for i in keep], evalset.rates, evalset.contrast,
-                   evalset.add_special_tokens)
+    return replace(evalset, questions=[evalset.questions[i] for i in keep],
+                   prompts=[evalset.prompts[i] for i in keep])
 
 
 def _plots(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
