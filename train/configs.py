@@ -92,6 +92,12 @@ class SAEJob(ModelJobConfig):
     #: the SAE's layer; null = the probe run's chosen layer (``probe_dir``'s best_layer)
     layer: int | None = None
     probe_dir: str | None = None
+    #: with ``probe_dir`` and no ``layer``: the best validation AUROC among the first this
+    #: fraction of the blocks (``probing.sae.builtin.choose_sae_block``); null = best overall
+    max_relative_depth: float | None = None
+    #: also write a float16 copy with ``metrics.json`` (training curve, block choice) here
+    #: (``probing/sae/builtin/<model name>`` for the committed SAEs of the built-in models)
+    export_dir: str | None = None
 
 
 @dataclass

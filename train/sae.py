@@ -1,16 +1,21 @@
 """``python -m train.sae [probe_dir=<probe run>] [layer=N]``: an SAE on token-level residual
-activations at one layer (``layer`` null = the probe run's chosen layer).
+activations at one layer (``layer`` null = the probe run's chosen layer, or with
+``max_relative_depth`` its best validation block among the first blocks).
 
 Trains with sae-lens's ``SAETrainer`` on our activations (cached once per model/corpus/layer,
 shared by every SAE of a sweep), evaluates on held-out documents, saves the SAE in sae-lens's
 format in ``<run dir>/sae``. With a pretrained entry (``sae=gemma_scope_9b``) it evaluates that
-SAE instead of training one (see ``probing.sae.runs.run_sae``).
+SAE instead of training one (see ``probing.sae.runs.run_sae``). ``export_dir``: a float16 copy
+with ``metrics.json`` (held-out quality, training curve, block choice) and ``COMMAND``; this is
+how the committed SAEs of the built-in models are made (``conf/sae_smollm2.yaml``,
+``conf/sae_gemma3.yaml``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from typing import Any
 
 import hydra
@@ -25,18 +30,52 @@ from train.stage_logs import log_sae
 log = logging.getLogger("liref.sae")
 
 
+def _chosen_block(cfg: DictConfig, n_blocks: int) -> dict[str, Any] | None:
+    """The validation-chosen block among the first ``max_relative_depth`` of the blocks."""
+    if cfg.layer is not None or cfg.probe_dir is None or cfg.get("max_relative_depth") is None:
+        return None
+    from probing.io import read_json
+    from probing.sae.builtin import choose_sae_block
+
+    rows = read_json(f"{cfg.probe_dir}/per_layer.json")
+    return choose_sae_block(rows, n_blocks, float(cfg.max_relative_depth))
+
+
 def sae_job(ctx: JobContext) -> dict[str, Any]:
     cfg = ctx.cfg
     data = to_settings(cfg.activations, SAEDataConfig)
     if data.cache_dir is None:
         data = dataclasses.replace(data, cache_dir=f"{cfg.cache_dir}/sae_tokens")
+    choice = None
+    layer = cfg.layer
+    if cfg.get("max_relative_depth") is not None and cfg.probe_dir is not None:
+        from probing.model.blocks import num_layers
+
+        choice = _chosen_block(cfg, num_layers(ctx.model()[0]))
+        layer = choice["block"] if choice else layer
+        log.info("SAE block: %s", choice)
+    curve: list[dict[str, float]] = []
+
+    def on_log(metrics: dict[str, float], step: int) -> None:
+        ctx.tracker.log(metrics, step=step)
+        if any(k.startswith("heldout/") for k in metrics):
+            curve.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+
     result, arch, metrics = run_sae(
         ctx.model, to_settings(cfg.sae, SAEConfig), to_settings(cfg.corpus, TextCorpusConfig),
-        data, ctx.run_dir, layer=cfg.layer, probe_dir=cfg.probe_dir, seed=int(cfg.seed),
-        on_log=lambda m, step: ctx.tracker.log(m, step=step))
+        data, ctx.run_dir, layer=layer, probe_dir=cfg.probe_dir, seed=int(cfg.seed),
+        on_log=on_log)
     log_sae(ctx.tracker, result, arch)
     log.info("SAE (%s) at layer %d: %s", arch, result.layer,
              {k: round(float(v), 4) for k, v in result.metrics.items()})
+    if cfg.get("export_dir") and result.sae_dir is not None:
+        from probing.sae.builtin import export_builtin_sae
+
+        out = export_builtin_sae(
+            result.sae_dir, cfg.export_dir,
+            {"metrics": metrics, "block_choice": choice, "training_curve": curve},
+            command="python -m train.sae " + " ".join(sys.argv[1:]))
+        log.info("exported the SAE (float16) to %s", out)
     return metrics
 
 

@@ -164,8 +164,8 @@ def encode_questions(
         prompts: N templated prompts. layer: decoder block (its output). position: where the
             prompt-level activation is read (``last`` / ``mean``, as the probe did).
         direction: ``[d]`` LiReF (any norm); each token's projection on its unit vector is kept.
-        drop_bos: leave BOS out of the token table (its residual is atypical; SAE training
-            dropped it too).
+        drop_bos: leave BOS and each prompt's first position (the attention sink) out of the
+            token table (their residual is atypical; SAE training dropped them too).
         pool_exclude: when given, also ``x_mean`` / ``f_mean``: the residual and its latents
             (each token encoded, then averaged) mean-pooled over the prompt's non-padding
             tokens whose id is not in ``pool_exclude`` (SAEBench's pooling; a prompt left

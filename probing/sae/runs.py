@@ -301,6 +301,9 @@ def train_sae_on_corpus(
     meta = sae_metadata(model_id(model), layer, data.context_size, str(corpus.description),
                         prepend_bos=True)
     meta["liref_corpus_fingerprint"] = corpus.fingerprint
+    if cache_dirs.get("train"):  # the content address of the training tokens: a checkpoint of
+        # a run on other tokens (another stream setting) is never resumed
+        meta["liref_token_cache"] = Path(cache_dirs["train"]).name
     from probing.fingerprint import model_fingerprint
 
     meta["liref_model_fingerprint"] = model_fingerprint(model)

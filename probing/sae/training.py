@@ -450,8 +450,10 @@ def load_sae(
     """A sae-lens ``SAE`` from a local folder (``save_sae`` / sae-lens format) or a release.
 
     Args:
-        path_or_release: folder holding ``cfg.json`` + ``sae_weights.safetensors``, or a sae-lens
-            pretrained release name (e.g. ``"gemma-scope-9b-pt-res-canonical"``).
+        path_or_release: folder holding ``cfg.json`` + ``sae_weights.safetensors``, a built-in
+            model's name (``"smollm2-135m"``, ``"gemma3-270m"``: the SAE committed with liref,
+            ``probing.sae.builtin``; float16 on disk, float32 unless ``dtype`` says otherwise),
+            or a sae-lens pretrained release name (e.g. ``"gemma-scope-9b-pt-res-canonical"``).
         sae_id: the SAE in the release (e.g. ``"layer_20/width_16k/canonical"``).
         device, dtype: where to put it (``dtype=None`` keeps the saved one for local folders).
 
@@ -460,6 +462,10 @@ def load_sae(
     """
     from sae_lens import SAE
 
+    from probing.sae.builtin import builtin_sae_names, load_builtin_sae
+
+    if str(path_or_release) in builtin_sae_names():  # a built-in model's committed SAE
+        return load_builtin_sae(str(path_or_release), device=device, dtype=dtype or "float32")
     p = Path(path_or_release).expanduser()
     if p.is_dir():
         if not (p / "cfg.json").is_file():

@@ -20,6 +20,7 @@ from probing.activations.tokens import (
     iter_residual_tokens,
     text_batches,
     token_chunks,
+    token_mask,
 )
 from probing.errors import LirefError
 from probing.fingerprint import model_fingerprint
@@ -74,6 +75,28 @@ def test_stream_drops_padding_and_bos(tiny_llama, bos_tok):
     n_real = sum(len(c) for c in token_chunks(tok, TEXTS, 16))
     with_bos = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, _stream(drop_bos=False))))
     assert with_bos.shape[0] == n_real == got.shape[0] + len(list(token_chunks(tok, TEXTS, 16)))
+
+
+def test_without_bos_the_first_position_is_dropped(tiny_llama):
+    """A tokenizer that adds no BOS (SmolLM2's GGUF one): each window's first token takes the
+    attention sink's massive activation and is left out like a BOS, whatever the padding side."""
+    model, tok = tiny_llama
+    assert tok("Q: what")["input_ids"][0] != tok.bos_token_id  # this one adds none
+    got = torch.cat(list(iter_residual_tokens(model, tok, TEXTS, _stream(drop_bos=True))))
+    windows = list(token_chunks(tok, TEXTS, 16))
+    assert got.shape[0] == sum(len(c) - 1 for c in windows)
+    expected = []
+    for ids, mask in text_batches(tok, TEXTS, 16, 4):
+        acts = forward_residual(model, ids, mask, [1])[1]
+        keep = mask.bool().clone()
+        keep[:, 0] = False  # right padded: the first position of every row
+        expected.append(acts[keep])
+    assert torch.equal(got, torch.cat(expected))
+    left = torch.tensor([[0, 0, 7, 8, 9], [5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert token_mask(left, mask, None, True).tolist() == [[False] * 3 + [True] * 2,
+                                                            [False] + [True] * 4]
+    assert token_mask(left, mask, None, False).tolist() == mask.bool().tolist()
 
 
 def test_cache_manifest_contents_and_shards(tiny_llama, tmp_path):
