@@ -281,8 +281,13 @@ def test_pretrained_conf_entries_name_real_releases():
         entries = [compose("sae", overrides=[f"sae={n}"]).sae for n in names]
     pretrained = [e.pretrained for e in entries if e.architecture == "pretrained"]
     assert len(pretrained) >= 2
+    builtin_models = {"smollm2-135m", "gemma3-270m"}  # committed with liref (probing/sae/builtin)
+    assert {p.release for p in pretrained} >= {"smollm2-135m"}
     for p in pretrained:
-        assert p.sae_id in directory[p.release].saes_map
+        if p.release in builtin_models:
+            assert p.model == p.release and isinstance(p.layer, int)
+        else:
+            assert p.sae_id in directory[p.release].saes_map
     for e in entries:
         assert isinstance(to_settings(e, SAEConfig), SAEConfig)  # every entry is valid
         assert "k" in e  # so that sweeps over sae.k accept every architecture
