@@ -1,5 +1,6 @@
-"""The real-model study's data side: the offline benchmark corpus and the study config
-(``conf/study_smollm2.yaml`` = model=smollm2_135m data=paper_local corpus=benchmarks_local),
+"""The real-model study's data side: the offline benchmark corpus and the study configs
+(``conf/study_smollm2.yaml`` = model=smollm2_135m data=paper_local corpus=benchmarks_local;
+``conf/study_gemma3.yaml``, the same with model=gemma3_270m),
 on a small copy of the benchmark folder layout built from the committed fixtures."""
 
 from __future__ import annotations
@@ -66,15 +67,18 @@ def test_benchmark_corpus_source(data_root):
         load_corpus("benchmarks")
 
 
-def test_study_config_composes_and_its_data_loads(data_root, tmp_path):
+@pytest.mark.parametrize(("study", "model", "n_layers"), [
+    ("study_smollm2", "smollm2-135m", 30), ("study_gemma3", "gemma3-270m", 18)])
+def test_study_config_composes_and_its_data_loads(data_root, tmp_path, study, model, n_layers):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("study_smollm2", overrides=[f"cache_dir={tmp_path / 'cache'}"],
+        cfg = compose(study, overrides=[f"cache_dir={tmp_path / 'cache'}"],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} resolves as in a real run
     try:
+        assert cfg.model.name == model and cfg.model.n_layers == n_layers
         _check_study_config(cfg)
     finally:
         HydraConfig.instance().cfg = None
@@ -84,7 +88,6 @@ def _check_study_config(cfg) -> None:
     from probing.questions import load_questions
     from train.jobkit import plain
 
-    assert cfg.model.name == "smollm2-135m" and cfg.model.n_layers == 30
     assert cfg.data.name == "paper_local" and cfg.corpus.source == "benchmarks"
     assert cfg.stages == ["probe", "conflict"]
     (conflict,) = plain(cfg.conflict_data.sets)

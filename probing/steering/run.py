@@ -197,7 +197,7 @@ def check_steer_sets(model_name: str, sets: Sequence[Mapping[str, Any]] | None,
                "steer=benchmarks_cpu (teacher-forced, CPU) or steer=benchmarks (generation)")
         raise LirefError(f"{where} {named} ask the organism's synthetic questions, but model "
                          f"is {model_name!r}; for a real model use {fix}, or --config-name "
-                         "study_smollm2")
+                         "study_smollm2 (study_gemma3)")
 
 
 def _fitted_groups(conflict_dir: str | Path | None) -> set[str]:
