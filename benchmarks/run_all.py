@@ -4,7 +4,9 @@
     python -m benchmarks.run_all [--quick] [--only extraction_speed sae_throughput ...]
 
 ``benchmarks.steering_overhead`` runs when its file exists (it is skipped with a note
-otherwise). ``--quick`` passes ``--quick`` to each benchmark (tiny sizes, a smoke test whose
+otherwise). ``real_model_throughput`` skips, with a note, each built-in real model whose wheel is
+not installed, and all of them where the local benchmark files (``../shared/data``) are absent.
+``--quick`` passes ``--quick`` to each benchmark (tiny sizes, a smoke test whose
 figures mean nothing); ``organism_matched`` (the LiReF on the organism's matched set beside its
 controls, a finding rather than a timing) has no quick mode and always runs in full.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["extraction_speed", "extraction_memory", "sae_throughput", "steering_overhead",
-              "organism_matched"]
+              "real_model_throughput", "organism_matched"]
 
 
 def available(names: Sequence[str] = BENCHMARKS) -> tuple[list[str], list[str]]:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+from probing.errors import LirefError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,3 +184,91 @@ def test_organism_matched_folds_are_the_librarys_grouped_folds():
         assert np.array_equal(tr, tr2) and np.array_equal(te, te2)
         assert not set(groups[tr]) & set(groups[te])  # no group on both sides
     assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(qs)))
+
+
+@pytest.mark.slow
+def test_real_model_throughput_quick(tmp_path):
+    """``--quick``: the tiny random Llama through both parts (no wheels, no data); a name that
+    is not a built-in model is skipped with a note, not an error."""
+    from benchmarks import real_model_throughput as bench
+
+    out = tmp_path / "real_model_throughput.json"
+    bench.main(["--quick", "--repeats", "1", "--models", "no-such-model", bench.TINY,
+                "--out", str(out)])
+    result = check_result(out, "real_model_throughput")
+    assert set(result["times_s"]) == {f"{bench.TINY}/{m}" for m in (
+        "liref_stream", "bare_blocks", "full_forward", "sae_from_cache", "sae_in_memory")}
+    assert result["skipped"]["no-such-model"].startswith("skipped: 'no-such-model' is not a "
+                                                         "built-in model name")
+    section = result["models"][bench.TINY]
+    s = section["settings"]
+    assert (s["n_blocks"], s["block"]) == (4, 2)  # round(0.6 * 4): no committed SAE
+    assert s["stream_tokens"] >= bench.QUICK["tokens"]
+    assert s["sae"]["steps"] == 3 and s["sae"]["training_tokens"] == 3 * 256
+    assert s["sae"]["cache_tokens"] == s["stream_tokens"]  # the cache holds the same stream
+    assert all(_finite_positive(v) for v in section["tokens_per_s_median"].values())
+    assert set(result["goals"]) == {f"{bench.TINY}: liref stream / bare blocks 0..2",
+                                    f"{bench.TINY}: SAE tokens/s from cache / in memory"}
+    # the stream is HF's hidden_states[block + 1] at the kept positions
+    assert section["checks"]["max_abs_diff_liref_stream_vs_hf_hidden_states_first_batch"] < 1e-4
+
+
+def test_real_model_throughput_truncation_is_restored():
+    """The bare baseline runs blocks 0..b of the same model and gives the blocks back after."""
+    from benchmarks import real_model_throughput as bench
+    from probing.model.blocks import decoder_layers
+
+    model, _tok, _texts = bench.tiny_llama()
+    blocks = decoder_layers(model)
+    ids = torch.randint(3, 1000, (2, 5))
+    with bench.truncated(model, 2) as stack:
+        assert len(decoder_layers(model)) == 2
+        out = stack(input_ids=ids, use_cache=False, output_hidden_states=True)
+    assert decoder_layers(model) is blocks and len(blocks) == 4
+    full = model(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states
+    assert torch.allclose(out.hidden_states[1], full[1], atol=1e-5)  # block 0's output
+
+
+def test_real_model_throughput_block_and_sae_settings(monkeypatch, tmp_path):
+    from benchmarks import real_model_throughput as bench
+
+    monkeypatch.setattr(bench, "committed_sae", lambda name: None)
+    assert bench.choose_block("x", 30, None)[0] == 18
+    assert bench.choose_block("x", 30, 7) == (7, "--block")
+    with pytest.raises(LirefError, match="--block 30 is out of range"):
+        bench.choose_block("x", 30, 30)
+    monkeypatch.setattr(bench, "committed_sae", lambda name: {"layer": 11, "path": "p"})
+    assert bench.choose_block("x", 30, 7)[0] == 11  # the committed SAE's block wins
+    cfg, source = bench.sae_config("no_such_family-1m", 5, None)
+    assert source.startswith("defaults")
+    assert (cfg.architecture, cfg.expansion_factor, cfg.k, cfg.batch_size) == ("topk", 4, 64, 4096)
+    assert cfg.total_steps == 5 and cfg.eval_every == 0
+    (tmp_path / "sae_fam.yaml").write_text(
+        "sae:\n  architecture: topk\n  expansion_factor: 4\n  k: 32\n  batch_size: 2048\n"
+        "  lr_scheduler: cosineannealing\n  lr_warm_up_steps: 100\n  eval_every: 100\n"
+        "activations:\n  max_tokens: 1000\n")
+    cfg, source = bench.sae_config("fam-1m", 6, None, conf_dir=tmp_path)
+    assert source.endswith("sae_fam.yaml")
+    assert (cfg.k, cfg.batch_size, cfg.training_tokens) == (32, 2048, 6 * 2048)
+    assert (cfg.lr_scheduler, cfg.lr_warm_up_steps, cfg.eval_every) == ("cosineannealing", 3, 0)
+
+
+def test_real_model_throughput_skips_without_data(tmp_path):
+    from benchmarks import real_model_throughput as bench
+
+    out = tmp_path / "r.json"
+    result = bench.main(["--models", "smollm2-135m", "--data", str(tmp_path / "none"),
+                         "--out", str(out)])
+    assert "local benchmark data are absent" in result["skipped"]["smollm2-135m"]
+    assert result["models"] == {} and result["times_s"] == {}
+
+
+def test_memory_batches_cover_the_data():
+    from benchmarks.real_model_throughput import memory_batches
+
+    acts = torch.arange(10.0).reshape(5, 2)
+    gen = memory_batches(acts, 4)
+    first = next(gen)
+    assert first.shape == (4, 2)
+    small = next(memory_batches(acts[:2], 4))  # fewer rows than a batch: repeated
+    assert small.shape == (4, 2) and set(small[:, 0].tolist()) <= {0.0, 2.0}
