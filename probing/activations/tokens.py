@@ -18,6 +18,7 @@ Memory is bounded by one shard (write and read), whatever the token count.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "CACHE_FORMAT",
     "CACHE_FORMAT_VERSION",
     "MANIFEST_FILENAME",
+    "ActivationBatches",
     "CacheManifest",
     "ShardInfo",
     "TokenActivationCache",
@@ -442,6 +444,134 @@ def get_or_build_token_cache(
     return cache, True
 
 
+class ActivationBatches(Iterator[torch.Tensor]):
+    """A sae-lens data provider: ``[batch_size, d]`` batches, shuffled in a mixing buffer, and
+    resumable at any batch.
+
+    Args:
+        chunks_per_epoch: ``epoch -> iterator of [n, d] chunks`` (cache shards or a model
+            stream); it must give the same chunks every time it is called with an epoch.
+        batch_size: tokens per batch.
+        buffer_tokens: mixing-buffer size; when full, it is shuffled and half of it is emitted.
+        seed: shuffling seed (the provider's own ``torch.Generator``; the global RNGs are not
+            touched).
+        epochs: passes over the data; ``None`` = forever (what ``SAETrainer`` wants).
+        dtype: dtype of the emitted batches.
+
+    Resuming: ``state_dict()`` records the batches emitted so far (``batches``), the shuffling
+    generator's state and a sha256 of the last batch. ``load_state_dict(state)`` on a fresh
+    provider of the same source and settings replays that many batches (reading and shuffling
+    the data again, nothing else), then checks the generator state and the checksum: from then
+    on it emits exactly the batches an uninterrupted provider would have emitted. Replaying
+    costs one pass over the data already read (cheap for a token cache; forward passes for a
+    model stream); saving the mixing buffer instead would cost up to ``buffer_tokens * d``
+    values per checkpoint.
+    """
+
+    def __init__(
+        self,
+        chunks_per_epoch: Callable[[int], Iterator[torch.Tensor]],
+        batch_size: int,
+        buffer_tokens: int = 65536,
+        seed: int = 0,
+        epochs: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch_size < 1:
+            raise LirefError(f"batch_size must be >= 1, got {batch_size}")
+        self.chunks_per_epoch = chunks_per_epoch
+        self.batch_size = int(batch_size)
+        self.buffer_tokens = max(int(buffer_tokens), 2 * self.batch_size)
+        self.seed = int(seed)
+        self.epochs = epochs
+        self.dtype = dtype
+        self.generator = torch.Generator().manual_seed(self.seed)
+        #: batches emitted so far (replayed ones included)
+        self.batches = 0
+        self._last: torch.Tensor | None = None
+        self._batches = self._generate()
+
+    def __iter__(self) -> ActivationBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        batch = next(self._batches)
+        self.batches += 1
+        self._last = batch
+        return batch
+
+    def _generate(self) -> Iterator[torch.Tensor]:
+        g, batch_size = self.generator, self.batch_size
+        pending: list[torch.Tensor] = []
+        n_pending = 0
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            got_any = False
+            for chunk in self.chunks_per_epoch(epoch):
+                got_any = got_any or chunk.shape[0] > 0
+                pending.append(chunk.to(self.dtype))
+                n_pending += chunk.shape[0]
+                if n_pending >= self.buffer_tokens:
+                    buf = torch.cat(pending)
+                    buf = buf[torch.randperm(buf.shape[0], generator=g)]
+                    n_out = (buf.shape[0] // 2 // batch_size) * batch_size
+                    for i in range(0, n_out, batch_size):
+                        yield buf[i : i + batch_size]
+                    pending, n_pending = [buf[n_out:]], buf.shape[0] - n_out
+            if not got_any:
+                raise LirefError("the activation source is empty: no tokens to train on")
+            epoch += 1
+        if n_pending:
+            buf = torch.cat(pending)
+            buf = buf[torch.randperm(buf.shape[0], generator=g)]
+            for i in range(0, buf.shape[0], batch_size):
+                yield buf[i : i + batch_size]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "buffer_tokens": self.buffer_tokens,
+                "seed": self.seed, "epochs": self.epochs, "dtype": str(self.dtype)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"batches", "last_batch_sha256", "settings"}`` (JSON-able) plus ``"generator"``
+        (the shuffling generator's ``uint8`` state tensor): where the provider is."""
+        last = "" if self._last is None else _tensor_sha256(self._last)
+        return {"batches": self.batches, "last_batch_sha256": last, "settings": self._settings(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Move this fresh provider to ``state`` (from ``state_dict()`` of a provider of the same
+        source and settings) by replaying its batches; raises ``LirefError`` when the replay
+        does not end where ``state`` was taken (another source, or a non-deterministic one)."""
+        if self.batches:
+            raise LirefError(f"load_state_dict needs a fresh provider; this one has already "
+                             f"emitted {self.batches} batches")
+        settings = {k: state.get("settings", {}).get(k) for k in self._settings()}
+        if settings != self._settings():
+            raise LirefError(f"cannot resume a data provider with settings {settings} on one "
+                             f"with settings {self._settings()}")
+        n = int(state["batches"])
+        try:
+            for _ in range(n):
+                next(self)
+        except StopIteration:
+            raise LirefError(f"cannot resume the data provider at batch {n}: its source ends "
+                             f"after {self.batches} batches") from None
+        last = "" if self._last is None else _tensor_sha256(self._last)
+        same_rng = torch.equal(self.generator.get_state(), state["generator"].to(torch.uint8))
+        if last != state["last_batch_sha256"] or not same_rng:
+            what = "generator state" if last == state["last_batch_sha256"] else "last batch"
+            raise LirefError(f"the data provider does not replay the same batches: after {n} "
+                             f"batches its {what} differs from the saved one (its source "
+                             f"changed, or is not deterministic)")
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    """Hex sha256 of a tensor's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def activation_batches(
     chunks_per_epoch: Callable[[int], Iterator[torch.Tensor]],
     batch_size: int,
@@ -449,41 +579,7 @@ def activation_batches(
     seed: int = 0,
     epochs: int | None = None,
     dtype: torch.dtype = torch.float32,
-) -> Iterator[torch.Tensor]:
-    """A sae-lens data provider: ``[batch_size, d]`` batches, shuffled in a mixing buffer.
-
-    Args:
-        chunks_per_epoch: ``epoch -> iterator of [n, d] chunks`` (cache shards or a model stream).
-        batch_size: tokens per batch.
-        buffer_tokens: mixing-buffer size; when full, it is shuffled and half of it is emitted.
-        seed: shuffling seed.
-        epochs: passes over the data; ``None`` = forever (what ``SAETrainer`` wants).
-    """
-    if batch_size < 1:
-        raise LirefError(f"batch_size must be >= 1, got {batch_size}")
-    buffer_tokens = max(int(buffer_tokens), 2 * batch_size)
-    g = torch.Generator().manual_seed(seed)
-    pending: list[torch.Tensor] = []
-    n_pending = 0
-    epoch = 0
-    while epochs is None or epoch < epochs:
-        got_any = False
-        for chunk in chunks_per_epoch(epoch):
-            got_any = got_any or chunk.shape[0] > 0
-            pending.append(chunk.to(dtype))
-            n_pending += chunk.shape[0]
-            if n_pending >= buffer_tokens:
-                buf = torch.cat(pending)
-                buf = buf[torch.randperm(buf.shape[0], generator=g)]
-                n_out = (buf.shape[0] // 2 // batch_size) * batch_size
-                for i in range(0, n_out, batch_size):
-                    yield buf[i : i + batch_size]
-                pending, n_pending = [buf[n_out:]], buf.shape[0] - n_out
-        if not got_any:
-            raise LirefError("the activation source is empty: no tokens to train on")
-        epoch += 1
-    if n_pending:
-        buf = torch.cat(pending)
-        buf = buf[torch.randperm(buf.shape[0], generator=g)]
-        for i in range(0, buf.shape[0], batch_size):
-            yield buf[i : i + batch_size]
+) -> ActivationBatches:
+    """A resumable sae-lens data provider (``ActivationBatches``, which documents the args):
+    ``[batch_size, d]`` batches, shuffled in a mixing buffer."""
+    return ActivationBatches(chunks_per_epoch, batch_size, buffer_tokens, seed, epochs, dtype)

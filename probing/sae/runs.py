@@ -308,7 +308,8 @@ def train_sae_on_corpus(
 
     meta["liref_model_fingerprint"] = model_fingerprint(model)
     # a killed run of the same settings resumes from its last checkpoint (kept beside the
-    # token cache; removed once training completes)
+    # token cache; removed once training completes), exactly: ``provider`` is fresh and
+    # resumable, so the batches drawn before the checkpoint are replayed, not trained on
     checkpoints = Path(data.cache_dir).parent / "sae_checkpoints" if data.cache_dir else None
     training_sae = train_sae(provider, d_in, cfg, seed=seed, on_log=on_log, evaluate=evaluate,
                              metadata=meta, checkpoint_dir=checkpoints)

@@ -14,9 +14,17 @@ liref tracker's ``log``). sae-lens does not seed torch: ``train_sae`` does.
 
 Crash safety: ``save_sae`` writes the SAE folder under a temporary name and moves it into place
 atomically, so a half-written SAE folder is never read. ``train_sae(checkpoint_dir=...)`` saves
-sae-lens trainer checkpoints (weights, optimizer, schedulers, scaler, sparsity statistics),
-each moved into place atomically; a run killed mid-training (even ``kill -9``) and started
-again with the same settings resumes from its last complete checkpoint.
+checkpoints, each written under a temporary name, completed with ``liref_checkpoint.json`` and
+moved into place atomically. A checkpoint holds everything the training depends on: sae-lens's
+weights, optimizer, learning-rate and coefficient schedulers, activation scaler and dead-latent
+statistics (``act_freq_scores``, ``n_forward_passes_since_fired``, ``n_frac_active_samples``),
+plus ours: the step counters, the checkpoint thresholds still ahead, the RNG states (torch CPU,
+CUDA when available, numpy, python ``random``) and the data provider's position. A run killed
+mid-training (even ``kill -9``) and started again with the same settings resumes from its last
+complete checkpoint EXACTLY: with a resumable provider (``probing.activations.tokens.
+ActivationBatches``, which every liref job uses) the resumed run ends with the same SAE, bit
+for bit, as an uninterrupted one (same machine, torch version and thread count). sae-lens
+6.x's trainer has no gradient scaler (its autocast is bfloat16), so there is none to save.
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from probing.errors import LirefError, from_mapping
@@ -49,6 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ARCHITECTURES",
     "CHECKPOINT_FILENAME",
+    "CHECKPOINT_STATE_FILENAME",
     "LIREF_SAE_FILENAME",
     "SAETrainConfig",
     "checkpoint_run_dir",
@@ -72,8 +83,11 @@ _L1_ARCHS = {"standard", "gated"}
 
 #: liref's provenance file written next to sae-lens's ``cfg.json`` / ``sae_weights.safetensors``.
 LIREF_SAE_FILENAME = "liref_sae.json"
-#: written last into a training checkpoint folder (before it is moved into place)
+#: written last into a training checkpoint folder (before it is moved into place): step
+#: counters, checkpoint thresholds, the provider's position, numpy's and python's RNG states
 CHECKPOINT_FILENAME = "liref_checkpoint.json"
+#: the tensors of a checkpoint that sae-lens does not save: torch's RNG states, the provider's
+CHECKPOINT_STATE_FILENAME = "liref_state.safetensors"
 #: what a saved SAE folder may hold (``save_sae`` replaces such a folder, and no other)
 _SAE_FILES = {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", LIREF_SAE_FILENAME}
 
@@ -221,11 +235,52 @@ def make_training_sae(cfg: SAETrainConfig, d_in: int) -> Any:
         raise LirefError(f"invalid {cfg.architecture} SAE settings: {exc}") from exc
 
 
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, json)``: torch's CPU (and every CUDA device's) RNG state as ``uint8``
+    tensors; numpy's and python's global RNG states as JSON."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    return tensors, {
+        "numpy": {"kind": str(kind), "keys": [int(k) for k in keys], "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    """Restore what ``_rng_state`` returned."""
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[f"torch_cuda_{i}"] for i in range(len(tensors))
+            if f"torch_cuda_{i}" in tensors]
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda or torch.cuda.is_available():
+        log.warning("the SAE checkpoint holds RNG states of %d CUDA devices, this machine has "
+                    "%d: CUDA RNGs not restored", len(cuda),
+                    torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    n = saved["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = saved["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def _resumable(provider: Any) -> bool:
+    return callable(getattr(provider, "state_dict", None)) and callable(
+        getattr(provider, "load_state_dict", None))
+
+
 def _make_trainer_cls() -> type:
     from sae_lens.training.sae_trainer import SAETrainer
+    from safetensors.torch import load_file, save_file
 
     class TrackedSAETrainer(SAETrainer):  # type: ignore[misc, type-arg]
-        """sae-lens's trainer, reporting through callbacks instead of wandb."""
+        """sae-lens's trainer, reporting through callbacks instead of wandb, with checkpoints
+        that resume exactly."""
 
         on_log: LogFn | None = None
         evaluate: EvalFn | None = None
@@ -235,36 +290,86 @@ def _make_trainer_cls() -> type:
 
         def save_checkpoint(self, checkpoint_name: str, base_path: Any = None,
                             wandb_aliases: Any = None) -> None:
-            """sae-lens's checkpoint, written under a temporary name, completed with
-            ``liref_checkpoint.json`` and moved into place atomically; older ones removed."""
+            """sae-lens's checkpoint plus the RNG states and the provider's position, written
+            under a temporary name, completed with ``liref_checkpoint.json`` and moved into
+            place atomically; older ones removed.
+
+            Called by ``fit()`` after step ``n_training_steps`` (counted from 0) drew its batch
+            and trained, before the step counter is incremented and before the threshold that
+            triggered it is dropped from ``checkpoint_thresholds``."""
             if self.run_dir is None:
                 super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
                 return
             final = self.run_dir / f"{self.n_training_samples:015d}"
             tmp = self.run_dir / f".{final.name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
+            thresholds = list(self.checkpoint_thresholds)
+            if thresholds and self.n_training_samples > thresholds[0]:
+                thresholds = thresholds[1:]  # what _checkpoint_if_needed pops after this
+            tensors, rng = _rng_state()
+            provider = None
+            if _resumable(self.data_provider):
+                provider = dict(self.data_provider.state_dict())
+                tensors.update({f"provider.{k}": provider.pop(k) for k in list(provider)
+                                if isinstance(provider[k], torch.Tensor)})
             try:
                 super().save_checkpoint(tmp.name, base_path=self.run_dir)
+                save_file({k: v.contiguous() for k, v in tensors.items()},
+                          tmp / CHECKPOINT_STATE_FILENAME)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise disk_error(exc, tmp / "sae_weights.safetensors") from exc
             write_json(tmp / CHECKPOINT_FILENAME, {
                 "n_training_samples": self.n_training_samples,
                 "n_training_steps": self.n_training_steps + 1,  # fit() increments after this
+                "checkpoint_thresholds": thresholds,
+                "provider": provider,
+                "rng": rng,
             })
             atomic_replace_dir(tmp, final)
             for old in _checkpoints(self.run_dir)[:-1]:
                 shutil.rmtree(old, ignore_errors=True)
             log.info("SAE checkpoint at %d samples: %s", self.n_training_samples, final)
 
-        def resume(self, folder: Path) -> None:
-            """Continue from checkpoint ``folder`` (weights, optimizer, schedulers, scaler)."""
+        def resume(self, folder: Path) -> bool:
+            """Continue from checkpoint ``folder``: weights, optimizer, schedulers, scaler and
+            sparsity statistics (sae-lens), step counter and checkpoint thresholds, the
+            provider's position (its batches replayed, the norm estimate's included: the
+            restored scaler is not estimated again) and, last, the RNG states.
+
+            Returns whether the resume is exact (``False``: a checkpoint of an older liref, or
+            a provider without ``state_dict`` / ``load_state_dict``, which goes on from
+            wherever it is)."""
             info = json.loads((folder / CHECKPOINT_FILENAME).read_text())
             self.sae.load_weights_from_checkpoint(folder)
             self.load_trainer_state(folder)
             self.n_training_steps = int(info["n_training_steps"])
-            self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds
-                                          if t >= self.n_training_samples]
+            if "checkpoint_thresholds" in info:
+                self.checkpoint_thresholds = [int(t) for t in info["checkpoint_thresholds"]]
+            else:
+                self.checkpoint_thresholds = [t for t in self.checkpoint_thresholds
+                                              if t >= self.n_training_samples]
+            if "rng" not in info:
+                log.warning("SAE checkpoint %s has no RNG or data-provider state (an older "
+                            "liref wrote it): the resumed run will not equal an uninterrupted "
+                            "one", folder)
+                return False
+            tensors = load_file(folder / CHECKPOINT_STATE_FILENAME)
+            exact = info["provider"] is not None and _resumable(self.data_provider)
+            if exact:
+                state = {**info["provider"], **{k.removeprefix("provider."): v
+                                                for k, v in tensors.items()
+                                                if k.startswith("provider.")}}
+                log.info("replaying %s batches of the data provider", state.get("batches"))
+                self.data_provider.load_state_dict(state)
+            else:
+                log.warning("the SAE data provider cannot be positioned (it has no state_dict / "
+                            "load_state_dict, or the checkpoint holds no position): it goes on "
+                            "from where it is, and the resumed run will not equal an "
+                            "uninterrupted one")
+            _set_rng_state({k: v for k, v in tensors.items() if k.startswith("torch_")},
+                           info["rng"])
+            return exact
 
         def step(self, batch: torch.Tensor) -> Any:
             out = super().step(batch)
@@ -316,7 +421,8 @@ def train_sae(
     """Train an SAE with sae-lens's ``SAETrainer`` on ``[batch_size, d_in]`` batches.
 
     Args:
-        data_provider: infinite iterator of ``[cfg.batch_size, d_in]`` activation batches.
+        data_provider: infinite iterator of ``[cfg.batch_size, d_in]`` activation batches
+            (fresh: ``fit()`` draws the norm estimate's batches from it first).
         d_in: activation width.
         cfg: architecture and optimisation settings.
         seed: seeds python/numpy/torch before the SAE is initialised (``None`` = leave as is).
@@ -326,9 +432,12 @@ def train_sae(
         metadata: written into the SAE's ``cfg.metadata`` (model_name, hook_name, ...).
         checkpoint_dir: keep resumable checkpoints in ``checkpoint_dir/sae-<run key>/`` (see
             ``checkpoint_run_dir``): a run of the same settings that was killed resumes from its
-            last complete checkpoint (the data provider starts again from its beginning; the
-            total number of training tokens is unchanged). Removed when training completes.
-            ``None``: no checkpoints; a killed run restarts from scratch.
+            last complete checkpoint, exactly (the SAE equals an uninterrupted run's) when
+            ``data_provider`` is a fresh resumable provider (``state_dict`` /
+            ``load_state_dict``, e.g. ``probing.activations.tokens.activation_batches``): its
+            batches up to the checkpoint are replayed, not trained on. Any other iterator goes
+            on from wherever it is (a valid SAE, not the same one). Removed when training
+            completes. ``None``: no checkpoints; a killed run restarts from scratch.
         n_checkpoints: checkpoints per run (evenly spaced) when ``checkpoint_dir`` is given.
 
     Returns:
@@ -378,9 +487,10 @@ def _train_sae(data_provider: Iterator[torch.Tensor], d_in: int, cfg: SAETrainCo
     trainer.run_dir = run_dir
     done = _checkpoints(run_dir) if run_dir is not None else []
     if done:
-        trainer.resume(done[-1])
-        log.info("resuming SAE training from checkpoint %s (%d of %d tokens done)", done[-1],
-                 trainer.n_training_samples, cfg.training_tokens)
+        exact = trainer.resume(done[-1])
+        log.info("resuming SAE training from checkpoint %s (%d of %d tokens done%s)", done[-1],
+                 trainer.n_training_samples, cfg.training_tokens,
+                 ", exactly" if exact else "")
     sae = trainer.fit()
     sae.eval()
     return sae
