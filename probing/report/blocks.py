@@ -76,8 +76,8 @@ class Block:
     ``kind``: ``h1``/``h2``/``h3`` (``text``; ``anchor``, default ``slug(text)``), ``p``
     (``text``, may hold ``**bold**`` and ``code``), ``table`` (``header`` + ``rows`` of ``Cell``,
     strings or lists of both: one cell holding several sourced numbers, rendered like a
-    finding's parts; ``text`` = caption; ``summary``: collapse it under this line, default: collapsed
-    when longer than ``LONG_TABLE`` rows), ``img`` (``path``, ``text`` = caption; ``data``: PNG
+    finding's parts; ``text`` = caption; ``summary``: collapse it under this line, default:
+    collapsed when longer than ``LONG_TABLE`` rows), ``img`` (``path``, ``text`` = caption; ``data``: PNG
     bytes to embed instead of the file's; ``wide``: as wide as the page), ``pre`` (``text``),
     ``findings`` (``findings``).
     """
@@ -223,8 +223,9 @@ def _html_findings(b: Block) -> str:
             "<ul>" + "".join(items) + "</ul></section>")
 
 
-def render_html(blocks: list[Block], title: str) -> str:
-    """One self-contained HTML page (every image embedded as a base64 PNG data URI)."""
+def render_html(blocks: list[Block], title: str, style: str = "") -> str:
+    """One self-contained HTML page (every image embedded as a base64 PNG data URI); ``style``:
+    CSS rules added after the page's own."""
     body: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
@@ -246,4 +247,4 @@ def render_html(blocks: list[Block], title: str) -> str:
             body.append(_html_findings(b))
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
             f"content=\"width=device-width\"><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{_STYLE}{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -41,6 +41,10 @@ __all__ = ["COLUMNS", "MISSING", "CompareRow", "build_compare", "compare_json", 
 #: what a run without a finding shows
 MISSING = "\u2014"
 
+#: the page is wider than a report's and its cells wrap: one row holds a run's every finding
+STYLE = ("body{max-width:1600px}td{white-space:normal;text-align:left;vertical-align:top;"
+         "min-width:8em}")
+
 #: (column key, header, how to read it), in the table's order
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "model", "the model the probe stage recorded (its directions.json); the run "
@@ -297,6 +301,6 @@ def build_compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
     blocks = _blocks(rows, title)
     md, page, data = out / "compare.md", out / "compare.html", out / "compare.json"
     atomic_write_text(md, render_markdown(blocks, out))
-    atomic_write_text(page, render_html(blocks, title))
+    atomic_write_text(page, render_html(blocks, title, STYLE))
     write_json(data, compare_json(rows))
     return md, page, data
