@@ -148,6 +148,10 @@ class PipelineJob(ConflictJob):
 @dataclass
 class ReportJob(JobConfig):
     run_dir: str | None = None
+    #: finished run folders to put side by side in one table (compare.md / .html / .json)
+    compare: list[str] | None = None
+    #: where the comparison is written; null = this job's run folder
+    out: str | None = None
     logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(mode="disabled"))
 
 

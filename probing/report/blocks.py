@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LONG_TABLE", "Block", "Cell", "Finding", "fmt", "render_html", "render_markdown",
-           "slug"]
+__all__ = ["LONG_TABLE", "Block", "Cell", "Finding", "TableCell", "fmt", "render_html",
+           "render_markdown", "slug"]
 
 #: tables with more rows than this are collapsed (``<details>``) unless told otherwise
 LONG_TABLE = 20
@@ -65,14 +65,19 @@ class Finding:
     parts: list[Cell | str]
 
 
+#: a table cell: one number or text, or several in reading order (text and sourced numbers)
+TableCell = Cell | str | list[Cell | str]
+
+
 @dataclass
 class Block:
     """One piece of a report.
 
     ``kind``: ``h1``/``h2``/``h3`` (``text``; ``anchor``, default ``slug(text)``), ``p``
-    (``text``, may hold ``**bold**`` and ``code``), ``table`` (``header`` + ``rows`` of ``Cell``
-    or strings, ``text`` = caption; ``summary``: collapse it under this line, default: collapsed
-    when longer than ``LONG_TABLE`` rows), ``img`` (``path``, ``text`` = caption; ``data``: PNG
+    (``text``, may hold ``**bold**`` and ``code``), ``table`` (``header`` + ``rows`` of ``Cell``,
+    strings or lists of both: one cell holding several sourced numbers, rendered like a
+    finding's parts; ``text`` = caption; ``summary``: collapse it under this line, default:
+    collapsed when longer than ``LONG_TABLE`` rows), ``img`` (``path``, ``text`` = caption; ``data``: PNG
     bytes to embed instead of the file's; ``wide``: as wide as the page), ``pre`` (``text``),
     ``findings`` (``findings``).
     """
@@ -80,7 +85,7 @@ class Block:
     kind: str
     text: str = ""
     header: list[str] = field(default_factory=list)
-    rows: list[list[Cell | str]] = field(default_factory=list)
+    rows: list[list[TableCell]] = field(default_factory=list)
     path: Path | None = None
     anchor: str | None = None
     summary: str | None = None
@@ -108,7 +113,7 @@ def _cell(c: Cell | str) -> Cell:
 
 def _md_table(b: Block) -> str:
     lines = ["| " + " | ".join(b.header) + " |", "|" + "|".join("---" for _ in b.header) + "|"]
-    lines += ["| " + " | ".join(_cell(c).text for c in row) + " |" for row in b.rows]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
     if b.text:
         lines.insert(0, f"*{b.text}*\n")
     table = "\n".join(lines)
@@ -120,6 +125,13 @@ def _md_table(b: Block) -> str:
 
 def _md_part(c: Cell) -> str:
     return f"**{c.text}**" if c.strong else c.text
+
+
+def _md_cell(c: TableCell) -> str:
+    """A table cell's Markdown: a single cell's text as it is, parts with their bold figures."""
+    if isinstance(c, list):
+        return "".join(_md_part(_cell(part)) for part in c)
+    return _cell(c).text
 
 
 def render_markdown(blocks: list[Block], base: Path) -> str:
@@ -175,8 +187,7 @@ text-decoration:none;color:#124}h2,h3{scroll-margin-top:.5em}"""
 
 def _html_table(b: Block) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-    rows = ["<tr>" + "".join(f"<td{_source(c)}>{_inline(c.text)}</td>" for c in map(_cell, row))
-            + "</tr>" for row in b.rows]
+    rows = ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in b.rows]
     caption = f"<caption>{html.escape(b.text)}</caption>" if b.text else ""
     table = (f'<div class="scroll" style="overflow-x:auto"><table>{caption}<thead><tr>{head}'
              f"</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
@@ -184,6 +195,14 @@ def _html_table(b: Block) -> str:
     if summary is None:
         return table
     return f"<details><summary>{html.escape(summary)}</summary>{table}</details>"
+
+
+def _html_cell(c: TableCell) -> str:
+    """A ``<td>``: a single number carries its source on the cell, parts on their spans."""
+    if isinstance(c, list):
+        return "<td>" + "".join(_html_part(_cell(part)) for part in c) + "</td>"
+    c = _cell(c)
+    return f"<td{_source(c)}>{_inline(c.text)}</td>"
 
 
 def _html_part(c: Cell) -> str:
@@ -204,8 +223,9 @@ def _html_findings(b: Block) -> str:
             "<ul>" + "".join(items) + "</ul></section>")
 
 
-def render_html(blocks: list[Block], title: str) -> str:
-    """One self-contained HTML page (every image embedded as a base64 PNG data URI)."""
+def render_html(blocks: list[Block], title: str, style: str = "") -> str:
+    """One self-contained HTML page (every image embedded as a base64 PNG data URI); ``style``:
+    CSS rules added after the page's own."""
     body: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
@@ -227,4 +247,4 @@ def render_html(blocks: list[Block], title: str) -> str:
             body.append(_html_findings(b))
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
             f"content=\"width=device-width\"><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{_STYLE}{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

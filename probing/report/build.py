@@ -24,7 +24,8 @@ from probing.report.blocks import Block, Cell, fmt, render_html, render_markdown
 from probing.report.conflicts import conflict_blocks
 from probing.report.findings import HEADINGS, findings
 
-__all__ = ["STAGE_FOLDERS", "build_report", "environment_info", "write_environment"]
+__all__ = ["STAGE_FOLDERS", "build_report", "environment_info", "probe_metadata",
+           "read_stages", "write_environment"]
 
 STAGE_FOLDERS = ("probe", "conflict", "sae", "match", "steer")
 ENVIRONMENT_FILE = "environment.json"
@@ -93,7 +94,11 @@ class _Stage:
         return sorted(self.folder.glob("*.png"))
 
 
-def _stages(run_dir: Path) -> dict[str, _Stage]:
+def read_stages(run_dir: str | Path) -> dict[str, _Stage]:
+    """``{stage name: its metrics and files}`` of the stages a run folder holds: a pipeline
+    run's ``<stage>/metrics.json`` folders, or a single-stage job's own folder; empty when it
+    holds none."""
+    run_dir = Path(run_dir)
     found = {name: _Stage(name, run_dir / name) for name in STAGE_FOLDERS
              if (run_dir / name / "metrics.json").is_file()}
     if not found and (run_dir / "metrics.json").is_file():  # a single-stage job's folder
@@ -103,6 +108,14 @@ def _stages(run_dir: Path) -> dict[str, _Stage]:
                 found[name] = _Stage(name, run_dir)
                 break
     return found
+
+
+def probe_metadata(stages: Mapping[str, _Stage]) -> dict[str, Any]:
+    """What the probe stage recorded of its model and data (``directions/directions.json``:
+    ``model``, ``n_layers``, ``d_model``, ``data``, ...); empty without a probe stage."""
+    probe = stages.get("probe")
+    meta = probe.json("directions/directions.json") if probe else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _questions_section(st: _Stage) -> list[Block]:
@@ -535,13 +548,12 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     """Write ``report.md`` and ``report.html`` into ``run_dir`` from its artifacts alone (no
     model is loaded). Returns their paths."""
     run = Path(run_dir)
-    stages = _stages(run)
+    stages = read_stages(run)
     if not stages:
         raise LirefError(f"{run} holds no stage results (metrics.json in {list(STAGE_FOLDERS)} "
                          "sub-folders or in the folder itself)")
     probe = stages.get("probe")
-    model = (probe.json("directions/directions.json") or {}).get("model") if probe else None
-    title = title or f"liref report: {model or run.name}"
+    title = title or f"liref report: {probe_metadata(stages).get('model') or run.name}"
     blocks: list[Block] = [Block("h1", title)]
     lines = findings(stages)
     if lines:
