@@ -148,7 +148,8 @@ def test_readme_command_composes(command: str):
     assert (CONF / f"{name}.yaml").is_file(), f"{command}: no conf/{name}.yaml"
     for plain in _expand(overrides, multirun):
         job = _compose_and_validate(name, plain)
-        schema = SCHEMAS[name if name in SCHEMAS else "pipeline"]
+        job_name = name if name in SCHEMAS else "sae" if name.startswith("sae_") else "pipeline"
+        schema = SCHEMAS[job_name]  # sae_<model>.yaml: train.sae; study_<model>.yaml: pipeline
         assert isinstance(job, schema), (command, type(job))
 
 
