@@ -62,6 +62,16 @@ def _stats(trainer) -> dict:
     return {k: getattr(trainer, k) for k in STATS}
 
 
+def assert_same_optimisation(a, b) -> None:
+    """Two trainers' Adam moments, learning rate and sparsity-coefficient schedule agree."""
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys() and sa
+    for i in sa:
+        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
+    assert a.lr_scheduler.state_dict() == b.lr_scheduler.state_dict()
+    assert a.get_coefficients() == b.get_coefficients()
+
+
 def assert_same_stats(a: dict, b: dict) -> None:
     for k in STATS:
         if isinstance(a[k], torch.Tensor):
@@ -109,7 +119,8 @@ def test_interrupted_run_resumes_bit_identical(arch, extra, tmp_path, trainers, 
     whole = train_sae(_provider(), 16, cfg, seed=1, on_log=_draws(whole_log),
                       checkpoint_dir=tmp_path / "a")
     save_sae(whole, tmp_path / "whole")
-    want = _stats(trainers[-1])
+    first = trainers[-1]
+    want = _stats(first)
 
     cut_log: list = []
     draws = _draws(cut_log)
@@ -138,6 +149,7 @@ def test_interrupted_run_resumes_bit_identical(arch, extra, tmp_path, trainers, 
     save_sae(resumed, tmp_path / "resumed")
     assert_same_weights(tmp_path / "whole", tmp_path / "resumed")
     assert_same_stats(_stats(trainers[-1]), want)
+    assert_same_optimisation(trainers[-1], first)
     assert [s for s, *_ in whole_log] == list(range(1, 51))
     assert cut_log == whole_log[:33]
     assert resumed_log == whole_log[31:]  # the same RNG draws, step by step, from step 32 on
