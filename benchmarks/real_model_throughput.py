@@ -113,13 +113,20 @@ def tiny_llama() -> tuple[nn.Module, Any, list[str]]:
     return model, word_tokenizer(vocab), texts
 
 
-def load(name: str, cache_dir: str | None) -> tuple[nn.Module, Any]:
-    """A built-in model by name; ``LirefError`` (with its message) when it cannot be loaded."""
-    from probing.model.loading import builtin_names, load_model
+def check_name(name: str) -> None:
+    """``LirefError`` unless ``name`` is a built-in model name of this liref version."""
+    from probing.model.loading import builtin_names
 
     if name not in builtin_names():
         raise LirefError(f"{name!r} is not a built-in model name of this liref version "
                          f"(built-in: {builtin_names()})")
+
+
+def load(name: str, cache_dir: str | None) -> tuple[nn.Module, Any]:
+    """A built-in model by name; ``LirefError`` (with its message) when it cannot be loaded."""
+    from probing.model.loading import load_model
+
+    check_name(name)
     return load_model(name, cache_dir=cache_dir)
 
 
@@ -186,10 +193,9 @@ def benchmark_texts(folder: Path) -> tuple[list[str], str]:
 
 
 def stream_count(tok: Any, text: str, context: int, drop_bos: bool = True) -> int:
-    """Tokens ``text`` adds to the token stream (windows of ``context``, BOS dropped)."""
-    bos = getattr(tok, "bos_token_id", None)
-    return sum(len(w) - int(drop_bos and bos is not None and w[0] == bos)
-               for w in token_chunks(tok, [text], context))
+    """Tokens ``text`` adds to the token stream (windows of ``context``; with ``drop_bos`` each
+    window's first position, BOS or attention sink, is dropped: ``token_mask``)."""
+    return sum(len(w) - int(drop_bos) for w in token_chunks(tok, [text], context))
 
 
 def take_tokens(tok: Any, texts: Sequence[str], n_tokens: int, context: int) -> list[str]:
@@ -444,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     model, tok, texts = tiny_llama()
                     corpus_fp = "tiny-llama-prompts"
                 else:
+                    check_name(name)
                     if corpus is None and data_note is None:
                         try:
                             corpus = benchmark_texts(data_dir(args.data))

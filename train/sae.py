@@ -5,10 +5,9 @@ activations at one layer (``layer`` null = the probe run's chosen layer, or with
 Trains with sae-lens's ``SAETrainer`` on our activations (cached once per model/corpus/layer,
 shared by every SAE of a sweep), evaluates on held-out documents, saves the SAE in sae-lens's
 format in ``<run dir>/sae``. With a pretrained entry (``sae=gemma_scope_9b``) it evaluates that
-SAE instead of training one (see ``probing.sae.runs.run_sae``). ``export_dir``: a float16 copy
-with ``metrics.json`` (held-out quality, training curve, block choice) and ``COMMAND``; this is
-how the committed SAEs of the built-in models are made (``conf/sae_smollm2.yaml``,
-``conf/sae_gemma3.yaml``).
+SAE instead (see ``probing.sae.runs.run_sae``). ``export_dir``: a float16 copy with
+``metrics.json`` (held-out quality, training curve, block choice) and ``COMMAND``, how the
+committed SAEs of the built-in models are made (``conf/sae_smollm2.yaml``, ``sae_gemma3.yaml``).
 """
 
 from __future__ import annotations
@@ -30,35 +29,25 @@ from train.stage_logs import log_sae
 log = logging.getLogger("liref.sae")
 
 
-def _chosen_block(cfg: DictConfig, n_blocks: int) -> dict[str, Any] | None:
-    """The validation-chosen block among the first ``max_relative_depth`` of the blocks."""
-    if cfg.layer is not None or cfg.probe_dir is None or cfg.get("max_relative_depth") is None:
-        return None
-    from probing.io import read_json
-    from probing.sae.builtin import choose_sae_block
-
-    rows = read_json(f"{cfg.probe_dir}/per_layer.json")
-    return choose_sae_block(rows, n_blocks, float(cfg.max_relative_depth))
-
-
 def sae_job(ctx: JobContext) -> dict[str, Any]:
-    cfg = ctx.cfg
+    from probing.sae import builtin
+
+    cfg, curve, choice = ctx.cfg, [], None
     data = to_settings(cfg.activations, SAEDataConfig)
     if data.cache_dir is None:
         data = dataclasses.replace(data, cache_dir=f"{cfg.cache_dir}/sae_tokens")
-    choice = None
     layer = cfg.layer
-    if cfg.get("max_relative_depth") is not None and cfg.probe_dir is not None:
+    if layer is None and cfg.probe_dir and cfg.get("max_relative_depth") is not None:
         from probing.model.blocks import num_layers
 
-        choice = _chosen_block(cfg, num_layers(ctx.model()[0]))
-        layer = choice["block"] if choice else layer
-        log.info("SAE block: %s", choice)
-    curve: list[dict[str, float]] = []
+        choice = builtin.choose_sae_block_of_run(cfg.probe_dir, num_layers(ctx.model()[0]),
+                                                 float(cfg.max_relative_depth))
+        layer = choice["block"]
+        log.info("SAE block: %s", choice["why"])
 
     def on_log(metrics: dict[str, float], step: int) -> None:
         ctx.tracker.log(metrics, step=step)
-        if any(k.startswith("heldout/") for k in metrics):
+        if any(k.startswith("heldout/") for k in metrics):  # the training curve
             curve.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
 
     result, arch, metrics = run_sae(
@@ -69,9 +58,7 @@ def sae_job(ctx: JobContext) -> dict[str, Any]:
     log.info("SAE (%s) at layer %d: %s", arch, result.layer,
              {k: round(float(v), 4) for k, v in result.metrics.items()})
     if cfg.get("export_dir") and result.sae_dir is not None:
-        from probing.sae.builtin import export_builtin_sae
-
-        out = export_builtin_sae(
+        out = builtin.export_builtin_sae(
             result.sae_dir, cfg.export_dir,
             {"metrics": metrics, "block_choice": choice, "training_curve": curve},
             command="python -m train.sae " + " ".join(sys.argv[1:]))

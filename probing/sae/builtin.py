@@ -28,6 +28,7 @@ __all__ = [
     "builtin_sae_dir",
     "builtin_sae_names",
     "choose_sae_block",
+    "choose_sae_block_of_run",
     "export_builtin_sae",
     "load_builtin_sae",
 ]
@@ -100,6 +101,17 @@ def choose_sae_block(per_layer: Sequence[dict[str, Any]], n_blocks: int,
                 f"token); best over all blocks: block {int(overall['layer'])} "
                 f"({float(overall[metric]):.3f})"),
     }
+
+
+def choose_sae_block_of_run(probe_dir: str | Path, n_blocks: int,
+                            max_relative_depth: float = 0.8) -> dict[str, Any]:
+    """``choose_sae_block`` on a probe run's ``per_layer.json`` (its validation AUROC per layer)."""
+    from probing.io import read_json
+
+    path = Path(probe_dir) / "per_layer.json"
+    if not path.is_file():
+        raise LirefError(f"{probe_dir} is not a probe run folder: no per_layer.json in it")
+    return choose_sae_block(read_json(path), n_blocks, max_relative_depth)
 
 
 def export_builtin_sae(sae_dir: str | Path, out_dir: str | Path, metrics: dict[str, Any],

@@ -108,3 +108,34 @@ def test_committed_sae_meets_its_contract(name):
     entry = yaml.safe_load((CONF / "sae" / f"{name.replace('-', '_')}.yaml").read_text())
     assert entry["architecture"] == "pretrained"
     assert entry["pretrained"]["release"] == name and entry["pretrained"]["layer"] == run["layer"]
+
+
+def test_block_of_a_run_needs_its_per_layer_file(tmp_path):
+    with pytest.raises(LirefError, match="not a probe run folder: no per_layer.json"):
+        builtin.choose_sae_block_of_run(tmp_path, 4)
+    (tmp_path / "per_layer.json").write_text(json.dumps(_rows([.5, .9, .6, .99])))
+    assert builtin.choose_sae_block_of_run(tmp_path, 4, 0.6)["block"] == 1  # 3 is too deep
+
+
+def test_job_chooses_the_block_and_exports(tiny_model_dir, tmp_path):
+    """train.sae with a probe run and max_relative_depth: the block chosen on validation among
+    the first blocks (here half of 3: blocks 0 and 1), then a float16 copy with the curve, the choice and the command."""
+    from tests.job_fixtures import run_module
+    from tests.sae.test_training import ONE_THREAD, TINY, corpus_lines
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(line.replace("\n", " ") + "\n" for line in corpus_lines(400)))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "per_layer.json").write_text(json.dumps(_rows([.6, .8, .99])))  # 3 blocks
+    res = run_module("train.sae", "model=local", f"model.name={tiny_model_dir('llama')}",
+                     f"corpus.path={corpus}", *TINY, f"probe_dir={probe}",
+                     "max_relative_depth=0.5", f"export_dir={tmp_path / 'export'}",
+                     "hydra.run.dir=run", cwd=tmp_path, env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert info["block_choice"]["block"] == 1 and info["metrics"]["layer"] == 1
+    assert info["training_curve"] and info["training_curve"][0]["step"] == 4
+    assert "max_relative_depth=0.5" in (tmp_path / "export" / "COMMAND").read_text()
+    stored = load_file(str(tmp_path / "export" / "sae_weights.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}

@@ -216,8 +216,13 @@ def test_metrics_on_a_perfect_and_a_zero_sae(tiny_llama):
     ident = ce_loss_recovered(model, Identity(1.0), 1, batches)
     assert ident.ce_loss_recovered == pytest.approx(1.0)
     assert ident.ce_loss_sae == pytest.approx(ident.ce_loss_clean, rel=1e-5)
-    zero = ce_loss_recovered(model, Identity(0.0), 1, batches)
+    # a zero SAE spliced at every position is the zero ablation; with drop_bos (the default)
+    # each row's first position (BOS or attention sink, outside the SAE's stream) stays clean
+    zero = ce_loss_recovered(model, Identity(0.0), 1, batches, drop_bos=False)
     assert zero.ce_loss_recovered == pytest.approx(0.0, abs=1e-6)
+    zero_stream = ce_loss_recovered(model, Identity(0.0), 1, batches)
+    assert zero_stream.n_ce_tokens == zero.n_ce_tokens - len(batches[0][0])
+    assert zero_stream.ce_loss_sae != pytest.approx(zero.ce_loss_sae)
     answers = ce_loss_recovered(model, Identity(0.5), 1, batches, last_n=2)
     assert answers.n_ce_answer_tokens == 2 * 2  # the last 2 tokens of each of the 2 documents
     assert answers.n_ce_tokens == ident.n_ce_tokens  # the sae-lens figure counts every token

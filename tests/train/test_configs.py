@@ -34,7 +34,9 @@ def test_every_group_folder_has_a_dataclass() -> None:
     assert folders == set(GROUPS)
     studies = {p.stem for p in CONF.glob("study_*.yaml")}  # the real-model studies
     assert studies == {"study_smollm2", "study_gemma3"}
-    assert {p.stem for p in CONF.glob("*.yaml")} - {"base"} - studies == set(SCHEMAS)
+    builds = {p.stem for p in CONF.glob("sae_*.yaml")}  # train.sae for the committed SAEs
+    assert builds == {"sae_smollm2", "sae_gemma3"}
+    assert {p.stem for p in CONF.glob("*.yaml")} - {"base"} - studies - builds == set(SCHEMAS)
 
 
 @pytest.mark.parametrize(("group", "path"), _options(), ids=lambda x: getattr(x, "stem", x))
