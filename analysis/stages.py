@@ -80,9 +80,18 @@ def _stage_config(cfg: DictConfig, name: str, dirs: Mapping[str, Any]) -> DictCo
     spec = STAGES[name]
     stage_cfg = copy.deepcopy(cfg)
     for key, (stage, sub) in INPUT_DIRS.items():
+        if key == "sae_dir" and _pretrained_sae(cfg):
+            continue  # the SAE stage only evaluated it; later stages load it by name too
         if stage in dirs and stage in (*spec.upstream, *spec.optional):
             stage_cfg[key] = str(dirs[stage] / sub) if sub else str(dirs[stage])
     return stage_cfg
+
+
+def _pretrained_sae(cfg: DictConfig) -> bool:
+    """``sae.pretrained`` is set (a sae-lens release or a built-in name such as
+    ``smollm2-135m``): the SAE stage writes no ``sae/sae`` folder for it."""
+    sae = cfg.get("sae")
+    return sae is not None and bool(sae.get("pretrained"))
 
 
 def stage_keys(cfg: DictConfig, order: list[str]) -> dict[str, str]:

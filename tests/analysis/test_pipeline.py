@@ -51,6 +51,26 @@ def test_rerun_with_nothing_changed_restores_every_stage(organism_study):
     assert all(changed[s] != keys[s] for s in ("sae", "match", "steer"))
 
 
+def test_a_pretrained_sae_runs_through_matching_and_steering(organism_study):
+    """With ``sae.architecture: pretrained`` (a built-in name, a release or a folder, as the
+    real-model studies load their committed SAEs) the SAE stage only evaluates it and writes no
+    ``sae/sae`` folder: matching and steering load the same SAE by its name."""
+    first = latest_run("pipeline", organism_study / "outputs")
+    trained = json.loads((first / "metrics.json").read_text())
+    sae_folder = first / "sae" / "sae"
+    second, _ = _rerun(organism_study, "stages=[probe,sae,match,steer]", "sae=smollm2_135m",
+                       f"sae.pretrained.release={sae_folder}",
+                       f"sae.pretrained.layer={trained['sae/layer']}",
+                       "sae.pretrained.model=organism", name="pretrained")
+    run = organism_study / "reruns" / "pretrained"
+    assert not (run / "sae" / "sae").exists()
+    assert str(sae_folder) in json.dumps(json.loads((run / "match" / "match.json").read_text()))
+    # the same SAE and probe as the first run's: the same best-matched latent
+    assert second["match/top1_latent"] == trained["match/top1_latent"]
+    assert second["match/top1_cosine"] == pytest.approx(trained["match/top1_cosine"], abs=1e-6)
+    assert second["steer/n_settings"] > 0 and (run / "steer" / "results_report.json").is_file()
+
+
 def test_pipeline_rejects_unknown_stage(tmp_path, monkeypatch, capsys):
     model = save_tiny_model("llama", tmp_path / "model")
     questions = write_questions(tmp_path / "q.jsonl", n_per_label=4)
